@@ -1,0 +1,82 @@
+"""Cache state and the view attention reads: plain pytrees, no hidden state.
+
+Layout is head-major (the layout decode kernels read fastest):
+
+* ``keys``   ``[B, H, C, Dk]``  cached keys (rotated or not: see ``CacheView.keys_rotated``)
+* ``values`` ``[B, H, C, Dv]``
+* ``pos``    ``[B, H, C]`` int32 original token positions, ``-1`` for an empty slot
+* ``score``  ``[B, H, C]`` float32 policy-specific slot score (accumulated attention for H2O)
+* ``seen``   ``[B]`` int32 tokens consumed so far (the stream length)
+
+``H`` is the number of cache heads: the model's KV heads, or its query heads for policies that
+select per query head. ``C`` is the capacity, fixed at ``init``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+EMPTY = -1  # ``pos`` of a slot that holds no token
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVState:
+    """One layer's cache. Every policy stores this; unused fields stay at their init value."""
+
+    keys: jax.Array  # [B, H, C, Dk]
+    values: jax.Array  # [B, H, C, Dv]
+    pos: jax.Array  # [B, H, C] int32, EMPTY where free
+    score: jax.Array  # [B, H, C] f32
+    seen: jax.Array  # [B] int32
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    @property
+    def valid(self) -> jax.Array:
+        """``[B, H, C]`` bool: slot holds a token."""
+        return self.pos >= 0
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays of this state (keys, values, positions, scores)."""
+        return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(self))
+
+
+def empty_state(batch: int, heads: int, capacity: int, key_dim: int, value_dim: int,
+                dtype) -> KVState:
+    """An all-empty ``KVState`` of fixed capacity."""
+    for name, val in dict(batch=batch, heads=heads, capacity=capacity, key_dim=key_dim,
+                          value_dim=value_dim).items():
+        if int(val) < 1:
+            raise ValueError(f"{name} must be >= 1, got {val}")
+    return KVState(
+        keys=jnp.zeros((batch, heads, capacity, key_dim), dtype),
+        values=jnp.zeros((batch, heads, capacity, value_dim), dtype),
+        pos=jnp.full((batch, heads, capacity), EMPTY, jnp.int32),
+        score=jnp.zeros((batch, heads, capacity), jnp.float32),
+        seen=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class CacheView:
+    """What attention reads from a cache.
+
+    ``key_pos`` are original positions (causal masking); ``rope_pos`` are the positions keys are
+    rotated with when ``keys_rotated`` is False (StreamingLLM renumbers inside the cache); a query
+    at original position ``p`` is rotated with ``p - query_offset``.
+    """
+
+    keys: jax.Array  # [B, H, C, Dk]
+    values: jax.Array  # [B, H, C, Dv]
+    valid: jax.Array  # [B, H, C] bool
+    key_pos: jax.Array  # [B, H, C] int32
+    rope_pos: jax.Array  # [B, H, C] int32
+    query_offset: jax.Array  # [B] int32
+    keys_rotated: bool = dataclasses.field(default=True, metadata=dict(static=True))

@@ -1,0 +1,94 @@
+"""Model configuration, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lcache.model.rope import ROPE_SCALINGS
+
+ATTENTION_VARIANTS = ("softmax", "off_by_one", "sink_logit", "softpick", "sigmoid", "relu")
+ATTENTION_IMPLS = ("xla", "pallas", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder: RMSNorm, RoPE, GQA, SwiGLU.
+
+    ``attention`` picks the weight function (see ``lcache.attention.variants``);
+    ``gated_attention`` multiplies each head's output by a sigmoid gate computed from the layer
+    input (Qiu et al., position G1); ``num_sink_tokens`` learnable tokens are prepended to every
+    sequence (StreamingLLM's learnable sink / registers), excluded from the loss.
+    """
+
+    vocab_size: int = 259
+    dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    head_dim: int = 0  # 0 means dim // num_heads
+    ffn_dim: int = 704
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_pos: int = 8192
+    max_seq_len: int = 512  # training context
+    attention: str = "softmax"
+    sigmoid_bias: float = 0.0
+    gated_attention: bool = False
+    num_sink_tokens: int = 0
+    attention_impl: str = "xla"
+    compute_dtype: str = "float32"  # "bfloat16" for mixed precision (params stay float32)
+
+    def __post_init__(self):
+        positive = dict(vocab_size=self.vocab_size, dim=self.dim, num_layers=self.num_layers,
+                        num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                        ffn_dim=self.ffn_dim, max_seq_len=self.max_seq_len)
+        for name, val in positive.items():
+            if val < 1:
+                raise ValueError(f"{name} must be >= 1, got {val}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not divisible by "
+                             f"num_kv_heads={self.num_kv_heads}")
+        if self.head_dim < 0:
+            raise ValueError(f"head_dim must be >= 0 (0 = dim // num_heads), got {self.head_dim}")
+        if self.head_dim == 0 and self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}; "
+                             "set head_dim explicitly")
+        if self.head_size % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {self.head_size}")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"unknown rope_scaling {self.rope_scaling!r}; "
+                             f"expected one of {ROPE_SCALINGS}")
+        if self.rope_factor <= 0:
+            raise ValueError(f"rope_factor must be > 0, got {self.rope_factor}")
+        if self.attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"unknown attention variant {self.attention!r}; "
+                             f"expected one of {ATTENTION_VARIANTS}")
+        if self.num_sink_tokens < 0:
+            raise ValueError(f"num_sink_tokens must be >= 0, got {self.num_sink_tokens}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention_impl {self.attention_impl!r}; "
+                             f"expected one of {ATTENTION_IMPLS}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.dim // self.num_heads
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,151 @@
+"""Decoder building blocks (Flax NNX): RMSNorm, SwiGLU MLP and the attention block.
+
+The attention block has three entry points sharing one set of weights: ``__call__`` (full causal
+sequence, training), ``prefill`` (a chunk over a cache: attend, then let the policy compress) and
+``decode`` (one token: let the policy insert, then attend over its view).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcache.attention.core import grouped_attention
+from lcache.attention.decode import decode_over_view
+from lcache.cache import KVState, Policy, PrefillMass
+from lcache.model.config import ModelConfig
+from lcache.model.rope import apply_rope
+
+INIT_STD = 0.02
+
+
+def dense(rngs, fan_in, fan_out, cfg: ModelConfig, bias=False, std=INIT_STD):
+    return nnx.Linear(fan_in, fan_out, use_bias=bias, dtype=jnp.dtype(cfg.compute_dtype),
+                      kernel_init=nnx.initializers.normal(std), rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        out_std = INIT_STD / (2 * cfg.num_layers) ** 0.5
+        self.gate = dense(rngs, cfg.dim, cfg.ffn_dim, cfg)
+        self.up = dense(rngs, cfg.dim, cfg.ffn_dim, cfg)
+        self.down = dense(rngs, cfg.ffn_dim, cfg.dim, cfg, std=out_std)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Attention(nnx.Module):
+    """GQA attention with RoPE, optional qkv bias, sink logit and output gate."""
+
+    def __init__(self, cfg: ModelConfig, inv_freq, rngs: nnx.Rngs):
+        self.cfg = cfg
+        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
+        self.q = dense(rngs, cfg.dim, hq * d, cfg, bias=cfg.qkv_bias)
+        self.k = dense(rngs, cfg.dim, hkv * d, cfg, bias=cfg.qkv_bias)
+        self.v = dense(rngs, cfg.dim, hkv * d, cfg, bias=cfg.qkv_bias)
+        self.o = dense(rngs, hq * d, cfg.dim, cfg, std=INIT_STD / (2 * cfg.num_layers) ** 0.5)
+        if cfg.gated_attention:
+            self.gate = dense(rngs, cfg.dim, hq * d, cfg)
+        if cfg.attention == "sink_logit":
+            self.sink_logit = nnx.Param(jnp.zeros((hq,), jnp.float32))
+        self.inv_freq = jnp.asarray(inv_freq)
+
+    # -- projections -------------------------------------------------------------------------
+    def _heads(self, x, n):  # [B, T, n*D] -> [B, n, T, D]
+        b, t, _ = x.shape
+        return x.reshape(b, t, n, self.cfg.head_size).transpose(0, 2, 1, 3)
+
+    def _qkv(self, x):
+        cfg = self.cfg
+        return (self._heads(self.q(x), cfg.num_heads), self._heads(self.k(x), cfg.num_kv_heads),
+                self._heads(self.v(x), cfg.num_kv_heads))
+
+    def _sink_logit(self, groups):  # [Hkv, G] or None
+        if self.cfg.attention != "sink_logit":
+            return None
+        return self.sink_logit[...].reshape(-1, groups)
+
+    def _output(self, x, out_BHGTD):
+        """Merge heads, apply the gate (from the layer input ``x``) and the output projection."""
+        b, h, g, t, d = out_BHGTD.shape
+        out = out_BHGTD.reshape(b, h * g, t, d).transpose(0, 2, 1, 3).reshape(b, t, h * g * d)
+        if self.cfg.gated_attention:
+            out = out * jax.nn.sigmoid(self.gate(x).astype(jnp.float32)).astype(out.dtype)
+        return self.o(out)
+
+    def _attend(self, q_BHqTD, k_BHSD, v_BHSD, mask_BHGTS):
+        b, hq, t, d = q_BHqTD.shape
+        h = k_BHSD.shape[1]
+        q = q_BHqTD.reshape(b, h, hq // h, t, d)
+        return grouped_attention(q, k_BHSD, v_BHSD, mask_BHGTS, variant=self.cfg.attention,
+                                 sink_logit_HG=self._sink_logit(hq // h),
+                                 sigmoid_bias=self.cfg.sigmoid_bias)
+
+    # -- entry points ------------------------------------------------------------------------
+    def __call__(self, x, pos_BT):
+        """Full causal attention over ``x [B, T, dim]`` at positions ``pos [B, T]``."""
+        q, k, v = self._qkv(x)
+        q = apply_rope(q, pos_BT[:, None], self.inv_freq)
+        k = apply_rope(k, pos_BT[:, None], self.inv_freq)
+        mask = (pos_BT[:, None, :] <= pos_BT[:, :, None])[:, None, None]  # [B,1,1,T,S]
+        out, _ = self._attend(q, k, v, mask)
+        return self._output(x, out)
+
+    def prefill(self, x, pos_BT, state: KVState, policy: Policy):
+        """Attend a chunk over the cache view plus itself, then let the policy store it."""
+        q, k, v = self._qkv(x)
+        view = policy.view(state)
+        rope_pos = (pos_BT - view.query_offset[:, None])[:, None]
+        q_rot, k_rot = (apply_rope(q, rope_pos, self.inv_freq),
+                        apply_rope(k, rope_pos, self.inv_freq))
+        cache_keys = view.keys if view.keys_rotated else apply_rope(
+            view.keys, view.rope_pos, self.inv_freq)
+        heads, cap = view.keys.shape[1:3]
+        reps = heads // self.cfg.num_kv_heads  # per-query-head caches store repeated KV
+        k_rot_c, k_c, v_c = (jnp.repeat(a, reps, axis=1) for a in (k_rot, k, v))
+        keys = jnp.concatenate([cache_keys.astype(k_rot_c.dtype), k_rot_c], axis=2)
+        values = jnp.concatenate([view.values.astype(v_c.dtype), v_c], axis=2)
+        chunk_pos = jnp.broadcast_to(pos_BT[:, None], k_c.shape[:3])
+        key_pos = jnp.concatenate([view.key_pos, chunk_pos], axis=2)  # [B, H, S]
+        key_ok = jnp.concatenate([view.valid, chunk_pos >= 0], axis=2)
+        q_pos = pos_BT[:, None, None, :, None]  # [B,1,1,T,1]
+        mask = (key_ok[:, :, None, None, :] & (q_pos >= 0)
+                & policy.visible(q_pos, key_pos[:, :, None, None, :]))
+        out, mass = self._attend(q_rot, keys, values, mask)
+        stored = k_rot_c if policy.rope_mode == "original" else k_c
+        state = policy.prefill(state, stored, v_c, pos_BT, queries=q_rot,
+                               mass=PrefillMass(cache=mass[..., :cap], chunk=mass[..., cap:]))
+        return self._output(x, out), state
+
+    def decode(self, x, pos_B, state: KVState, policy: Policy):
+        """One token per row ``x [B, 1, dim]``: insert it, attend over the view, give feedback."""
+        q, k, v = self._qkv(x)
+        if policy.rope_mode == "original":
+            k = apply_rope(k, pos_B[:, None, None], self.inv_freq)
+        cfg = self.cfg
+        reps = policy.cache_heads(cfg.num_kv_heads, cfg.num_heads) // cfg.num_kv_heads
+        k, v = jnp.repeat(k, reps, axis=1), jnp.repeat(v, reps, axis=1)
+        state = policy.append(state, k[:, :, 0], v[:, :, 0], pos_B)
+        view = policy.view(state)
+        q_rot = apply_rope(q, (pos_B - view.query_offset)[:, None, None], self.inv_freq)
+        out_BHqD, slot_probs = decode_over_view(
+            q_rot[:, :, 0], view, self.inv_freq, variant=self.cfg.attention,
+            sink_logit=None if self.cfg.attention != "sink_logit" else self.sink_logit[...],
+            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl)
+        state = policy.observe(state, slot_probs)
+        b, hq, d = out_BHqD.shape
+        h = view.keys.shape[1]
+        return self._output(x, out_BHqD.reshape(b, h, hq // h, 1, d)), state

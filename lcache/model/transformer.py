@@ -1,0 +1,152 @@
+"""The decoder LM: training forward, cached prefill/decode, and analysis taps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcache.cache import KVState, Policy
+from lcache.model.config import ModelConfig
+from lcache.model.layers import INIT_STD, Attention, RMSNorm, SwiGLU
+from lcache.model.rope import inv_frequencies
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, inv_freq, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, inv_freq, rngs)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg, rngs)
+
+    def __call__(self, x, pos):
+        x = x + self.attn(self.attn_norm(x), pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def prefill(self, x, pos, state, policy):
+        h, state = self.attn.prefill(self.attn_norm(x), pos, state, policy)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
+
+    def decode(self, x, pos, state, policy):
+        h, state = self.attn.decode(self.attn_norm(x), pos, state, policy)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
+
+
+def _per_layer(policy: Policy | Sequence[Policy], num_layers: int) -> tuple[Policy, ...]:
+    policies = (policy,) * num_layers if isinstance(policy, Policy) else tuple(policy)
+    if len(policies) != num_layers:
+        raise ValueError(f"got {len(policies)} per-layer policies for {num_layers} layers")
+    return policies
+
+
+class Transformer(nnx.Module):
+    """Llama-style decoder LM.
+
+    Token positions given to ``prefill``/``decode`` count text tokens from 0; with
+    ``num_sink_tokens = K`` the learnable sink tokens occupy positions ``0..K-1`` and text token
+    ``p`` sits at ``p + K`` (``init_cache`` prefills the sinks).
+    """
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        inv_freq = inv_frequencies(cfg.head_size, cfg.rope_theta, cfg.rope_scaling,
+                                   cfg.rope_factor, cfg.rope_low_freq_factor,
+                                   cfg.rope_high_freq_factor, cfg.rope_original_max_pos)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, embedding_init=nnx.initializers.normal(
+            INIT_STD), rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, inv_freq, rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Linear(cfg.dim, cfg.vocab_size, use_bias=False,
+                                      kernel_init=nnx.initializers.normal(INIT_STD), rngs=rngs)
+        if cfg.num_sink_tokens:
+            self.sink_tokens = nnx.Param(
+                INIT_STD * jax.random.normal(rngs.params(), (cfg.num_sink_tokens, cfg.dim)))
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _embed(self, tokens):
+        bad = (tokens < 0) | (tokens >= self.cfg.vocab_size)
+        tokens = jnp.where(bad, 0, tokens)  # ids are validated on the host by the callers
+        return self.embed(tokens).astype(jnp.dtype(self.cfg.compute_dtype))
+
+    def _logits(self, x):
+        x = self.norm(x)
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(x.astype(jnp.float32))
+        return self.lm_head(x).astype(jnp.float32)
+
+    def _with_sinks(self, x_BTD):
+        k = self.cfg.num_sink_tokens
+        if not k:
+            return x_BTD
+        sinks = jnp.broadcast_to(self.sink_tokens[...].astype(x_BTD.dtype),
+                                 (x_BTD.shape[0], k, x_BTD.shape[-1]))
+        return jnp.concatenate([sinks, x_BTD], axis=1)
+
+    # -- training ------------------------------------------------------------------------------
+    def __call__(self, tokens_BT, return_hidden=False):
+        """``tokens [B, T]`` -> ``logits [B, T, V]`` float32 (sink tokens stripped).
+
+        With ``return_hidden`` also returns the residual stream ``[L+1, B, T, dim]``.
+        """
+        k = self.cfg.num_sink_tokens
+        x = self._with_sinks(self._embed(tokens_BT))
+        b, t = x.shape[:2]
+        pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        hidden = [x]
+        for block in self.blocks:
+            x = block(x, pos)
+            hidden.append(x)
+        logits = self._logits(x)[:, k:]
+        if return_hidden:
+            return logits, jnp.stack(hidden)[:, :, k:]
+        return logits
+
+    # -- cached inference ----------------------------------------------------------------------
+    def init_cache(self, policy: Policy | Sequence[Policy], batch: int,
+                   dtype=None) -> list[KVState]:
+        """Empty per-layer caches; with sink tokens, already holding them."""
+        cfg = self.cfg
+        dtype = dtype or jnp.dtype(cfg.compute_dtype)
+        policies = _per_layer(policy, cfg.num_layers)
+        caches = [p.init(batch, p.cache_heads(cfg.num_kv_heads, cfg.num_heads), cfg.head_size,
+                         dtype) for p in policies]
+        if cfg.num_sink_tokens:
+            x = self._with_sinks(jnp.zeros((batch, 0, cfg.dim), dtype))
+            pos = jnp.broadcast_to(jnp.arange(cfg.num_sink_tokens, dtype=jnp.int32),
+                                   x.shape[:2])
+            _, caches = self._prefill_embedded(x, pos, caches, policies)
+        return caches
+
+    def _prefill_embedded(self, x, pos, caches, policies):
+        new = []
+        for block, state, policy in zip(self.blocks, caches, policies, strict=True):
+            x, state = block.prefill(x, pos, state, policy)
+            new.append(state)
+        return x, new
+
+    def prefill(self, tokens_BT, pos_BT, caches, policy):
+        """A chunk of tokens at text positions ``pos [B, T]`` (``-1`` = padding).
+
+        Returns ``logits [B, T, V]`` and the updated caches.
+        """
+        policies = _per_layer(policy, self.cfg.num_layers)
+        k = self.cfg.num_sink_tokens
+        pos = jnp.where(pos_BT >= 0, pos_BT + k, -1)
+        x, caches = self._prefill_embedded(self._embed(tokens_BT), pos, caches, policies)
+        return self._logits(x), caches
+
+    def decode(self, token_B, pos_B, caches, policy):
+        """One token per row at text position ``pos [B]`` -> ``logits [B, V]``, caches."""
+        policies = _per_layer(policy, self.cfg.num_layers)
+        x = self._embed(token_B[:, None])
+        pos = pos_B + self.cfg.num_sink_tokens
+        new = []
+        for block, state, pol in zip(self.blocks, caches, policies, strict=True):
+            x, state = block.decode(x, pos, state, pol)
+            new.append(state)
+        return self._logits(x)[:, 0], new
