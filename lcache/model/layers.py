@@ -15,7 +15,7 @@ from lcache.attention.core import grouped_attention
 from lcache.attention.decode import decode_over_view
 from lcache.cache import KVState, Policy, PrefillMass
 from lcache.model.config import ModelConfig
-from lcache.model.rope import apply_rope
+from lcache.model.rope import apply_rope, model_inv_freq
 
 INIT_STD = 0.02
 
@@ -50,7 +50,7 @@ class SwiGLU(nnx.Module):
 class Attention(nnx.Module):
     """GQA attention with RoPE, optional qkv bias, sink logit and output gate."""
 
-    def __init__(self, cfg: ModelConfig, inv_freq, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         self.q = dense(rngs, cfg.dim, hq * d, cfg, bias=cfg.qkv_bias)
@@ -61,7 +61,10 @@ class Attention(nnx.Module):
             self.gate = dense(rngs, cfg.dim, hq * d, cfg)
         if cfg.attention == "sink_logit":
             self.sink_logit = nnx.Param(jnp.zeros((hq,), jnp.float32))
-        self.inv_freq = jnp.asarray(inv_freq)
+
+    @property
+    def inv_freq(self):
+        return model_inv_freq(self.cfg)
 
     # -- projections -------------------------------------------------------------------------
     def _heads(self, x, n):  # [B, T, n*D] -> [B, n, T, D]

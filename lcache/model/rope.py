@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax.numpy as jnp
@@ -49,3 +50,11 @@ def apply_rope(x, pos, inv_freq):
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def model_inv_freq(cfg) -> np.ndarray:
+    """``inv_frequencies`` for a ``ModelConfig`` (cached: configs are frozen and hashable)."""
+    return inv_frequencies(cfg.head_size, cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor,
+                           cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                           cfg.rope_original_max_pos)

@@ -11,13 +11,12 @@ from flax import nnx
 from lcache.cache import KVState, Policy
 from lcache.model.config import ModelConfig
 from lcache.model.layers import INIT_STD, Attention, RMSNorm, SwiGLU
-from lcache.model.rope import inv_frequencies
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, inv_freq, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg, inv_freq, rngs)
+        self.attn = Attention(cfg, rngs)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg, rngs)
 
@@ -53,12 +52,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        inv_freq = inv_frequencies(cfg.head_size, cfg.rope_theta, cfg.rope_scaling,
-                                   cfg.rope_factor, cfg.rope_low_freq_factor,
-                                   cfg.rope_high_freq_factor, cfg.rope_original_max_pos)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, embedding_init=nnx.initializers.normal(
             INIT_STD), rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, inv_freq, rngs) for _ in range(cfg.num_layers)])
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Linear(cfg.dim, cfg.vocab_size, use_bias=False,

@@ -1,0 +1,65 @@
+"""Train a decoder LM on the offline Python-source corpus (or any text via data.path).
+
+    python -m experiments.train --config=configs/train.py:smoke --workdir=runs/smoke
+    python -m experiments.train --config=configs/train.py:small --workdir=runs/small
+    python -m experiments.train --config=configs/train.py:small,attn=sigmoid --workdir=runs/sig
+    python -m experiments.train --config=configs/train.py:backcopy --workdir=runs/backcopy
+
+Variants: smoke (CPU, < 1 min), tiny (CPU, minutes), small (the GPU reference model),
+medium (a 100M-class shape used to measure GPU training throughput / MFU),
+backcopy (Guo et al.'s Bigram-Backcopy task: strong sinks in minutes).
+Args after the variant: attn=<variant>, sinks=<learnable sink tokens>, gated=<bool>, wd=<float>,
+steps=<int>, mla=<bool>. Anything else: --config.path.to.key=value.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+MODELS = {
+    "smoke": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=160),
+    "tiny": dict(dim=128, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=352),
+    "small": dict(dim=192, num_layers=6, num_heads=6, num_kv_heads=3, ffn_dim=512),
+    "medium": dict(dim=1024, num_layers=8, num_heads=16, num_kv_heads=8, ffn_dim=2816),
+    "backcopy": dict(dim=128, num_layers=3, num_heads=4, num_kv_heads=4, ffn_dim=352),
+}
+TRAIN = {
+    "smoke": dict(steps=30, batch=8, seq_len=128, warmup=5, log_every=10, eval_every=30,
+                  eval_batches=2, ckpt_every=30, lr=3e-3),
+    "tiny": dict(steps=600, batch=16, seq_len=256, warmup=50, log_every=50, eval_every=300,
+                 eval_batches=4, ckpt_every=300, lr=3e-3),
+    "small": dict(steps=6000, batch=128, seq_len=512, warmup=300, log_every=100,
+                  eval_every=1000, eval_batches=16, ckpt_every=1000, lr=2e-3),
+    "medium": dict(steps=2000, batch=32, seq_len=1024, warmup=100, log_every=20,
+                   eval_every=1000, eval_batches=4, ckpt_every=10000, lr=1e-3),
+    "backcopy": dict(steps=3000, batch=64, seq_len=128, warmup=100, log_every=100,
+                     eval_every=1000, eval_batches=4, ckpt_every=1000, lr=1e-3),
+}
+
+
+def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
+    a = parse_arg(arg, variant="smoke", attn="softmax", sinks=0, gated=False, wd=0.5, steps=0,
+                  passkey=0, mla=False, seed=0, time=0.0)
+    v = a["variant"]
+    if v not in MODELS:
+        raise ValueError(f"unknown train variant {v!r}; expected one of {sorted(MODELS)}")
+    c = ml_collections.ConfigDict()
+    c.task = "backcopy" if v == "backcopy" else "corpus"
+    c.model = ml_collections.ConfigDict(dict(
+        vocab_size=259, attention=a["attn"], num_sink_tokens=a["sinks"],
+        gated_attention=a["gated"], compute_dtype="float32" if v in ("smoke", "tiny")
+        else "bfloat16", max_seq_len=TRAIN[v]["seq_len"], **MODELS[v]))
+    if a["mla"]:
+        c.model.update(mla_kv_lora_rank=64, mla_q_lora_rank=0, mla_qk_nope_dim=32,
+                       mla_qk_rope_dim=16, mla_v_dim=32)
+    c.train = ml_collections.ConfigDict(dict(weight_decay=a["wd"], seed=a["seed"],
+                                             time_budget_s=a["time"], **TRAIN[v]))
+    if a["steps"]:
+        c.train.steps = a["steps"]
+    c.data = ml_collections.ConfigDict(dict(
+        path=None, tokenizer="byte", bpe_vocab=1024, heldout_fraction=0.05,
+        max_bytes=2_000_000 if v == "smoke" else (20_000_000 if v == "tiny" else None),
+        cache_dir="runs/.token_cache", passkey_rows=a["passkey"]))
+    c.data.path = ml_collections.FieldReference(None, field_type=str)
+    c.backcopy = ml_collections.ConfigDict(dict(vocab_size=64, num_triggers=3, seed=0))
+    return c

@@ -1,0 +1,76 @@
+"""Model export/import: ``config.json`` + ``params.safetensors`` (+ the tokenizer files).
+
+Training checkpoints (params + optimizer + step, for resuming) are orbax's; this is the small,
+portable artefact a trained model ships as (bf16 by default), checked against its config on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from lcache.data import load_tokenizer
+from lcache.model import ModelConfig, Transformer
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+    """``nnx.State`` -> ``{"blocks.0.attn.q.kernel": array}``."""
+    flat = jax.tree_util.tree_flatten_with_path(params.to_pure_dict())[0]
+    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+            for path, v in flat}
+
+
+def save_model(directory: str, model: Transformer, tokenizer=None, meta: dict | None = None,
+               dtype=jnp.bfloat16) -> str:
+    """Write the model (params cast to ``dtype``), its config and tokenizer to ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    _, params = nnx.split(model, nnx.Param)
+    tensors = {k: np.asarray(jnp.asarray(v).astype(dtype)) for k, v in
+               flatten_params(params).items()}
+    save_file(tensors, os.path.join(directory, "params.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"model": model.cfg.to_dict(), "meta": meta or {}}, f, indent=1)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
+
+
+def load_model(directory: str, dtype=jnp.float32, **overrides):
+    """-> ``(model, tokenizer, meta)``. ``overrides`` replace config fields that do not change
+    parameter shapes (e.g. ``attention_impl``). Raises if the weights do not match the config."""
+    cfg_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"no config.json in checkpoint directory {directory!r}")
+    with open(cfg_path) as f:
+        raw = json.load(f)
+    cfg = ModelConfig(**{**raw["model"], **overrides})
+    model = Transformer(cfg, nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    expected = flatten_params(params)
+    loaded = load_file(os.path.join(directory, "params.safetensors"))
+    missing, extra = expected.keys() - loaded.keys(), loaded.keys() - expected.keys()
+    if missing or extra:
+        raise ValueError(f"checkpoint {directory!r} does not match its config: missing "
+                         f"{sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
+    for name, ref in expected.items():
+        if loaded[name].shape != ref.shape:
+            raise ValueError(f"checkpoint {directory!r}: {name} has shape {loaded[name].shape}, "
+                             f"config expects {ref.shape}")
+    pure = params.to_pure_dict()
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(pure)
+    names = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+             for path, _ in leaves_with_path[0]]
+    new = jax.tree_util.tree_unflatten(
+        leaves_with_path[1], [jnp.asarray(loaded[n], dtype=dtype) for n in names])
+    nnx.replace_by_pure_dict(params, new)
+    model = nnx.merge(graphdef, params, rest)
+    tokenizer = None
+    if os.path.isfile(os.path.join(directory, "tokenizer_meta.json")):
+        tokenizer = load_tokenizer(directory)
+    return model, tokenizer, raw.get("meta", {})
