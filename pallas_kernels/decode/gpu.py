@@ -1,0 +1,234 @@
+"""Split-K GQA decode attention: a portable-subset ``pl.pallas_call`` (Triton on GPU).
+
+Portable subset (notes §1.3): BlockSpecs, an in-kernel ``lax.fori_loop`` over KV blocks, no
+scratch, no scalar prefetch, power-of-2 loads. The same body runs through Triton on GPU and
+``interpret=True`` on CPU.
+
+Design:
+  * grid ``(B, Hkv, S)``: one program per (batch, kv head, split); all ``G`` query heads of the
+    kv head share it, so K/V are read from HBM exactly once. The ``G`` rows are padded to
+    ``Gp = max(min_block_h, next_pow2(G))`` (16 by default, the smallest MMA tile; q is tiny).
+  * split ``s`` owns slots ``[s*CB, (s+1)*CB)``, ``CB = nb * block_k``, and writes partial
+    ``(m, den, acc)`` in f32; a small ``jnp`` step merges the ``S`` partials by log-sum-exp.
+  * ``C`` not a multiple of ``CB``: K/V are NOT padded (that would copy the whole cache); their
+    last block overhangs the array (Triton masks those loads, interpret mode fills NaN) and the
+    validity mask, converted to int8 and padded with False in the wrapper (1 byte/slot), drops
+    those slots; V rows past ``C`` are zeroed in-kernel so that ``0 * NaN`` cannot leak.
+  * RoPE on keys (``rope_pos``): rotated in f32 from the two halves loaded separately (no
+    in-register slicing/concat), cast back to the cache dtype for the MMA.
+  * matmuls run in the cache dtype with f32 accumulation (``p`` is cast to the value dtype,
+    as in flash attention); softmax statistics are f32.
+  * slot probabilities: the kernel also writes the masked logits ``[B, Hkv, Gp, C]`` f32 and the
+    merge turns them into ``sum_g exp(s - lse_g)``. K is read once; the cost is an extra write
+    of ``4*Gp`` bytes/slot (64 B at Gp=16, i.e. +12.5% over the 512 B/slot of K+V at D=128
+    bf16) and an XLA pass reading ``4*G`` bytes/slot.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltr
+
+from pallas_kernels.decode.reference import check_inputs, default_scale, slot_probs_from_scores
+
+# The Triton backend warns at every lowering (deprecated since jax 0.11); silence it here only.
+warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated",
+                        category=DeprecationWarning)
+
+NEG = -1e30  # finite "-inf": exp(m_old - m_new) stays NaN-free on rows with no valid slot yet
+DEFAULT_NUM_SMS = 132  # H100/H200 SXM
+_DOT_NT = (((1,), (1,)), ((), ()))
+
+
+def _next_pow2(x):
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _is_pow2(x):
+    return x > 0 and x & (x - 1) == 0
+
+
+def unsupported_reason(d, dv, block_k=None, rope=False):
+    """Why the Triton kernel cannot take these sizes, or None."""
+    if not (_is_pow2(d) and d >= 16) or not (_is_pow2(dv) and dv >= 16):
+        return f"head dims D={d}, Dv={dv} must be powers of 2 >= 16"
+    if rope and d < 32:
+        return f"in-kernel RoPE needs D >= 32 (got D={d})"
+    if block_k is not None and not (_is_pow2(block_k) and block_k >= 16):
+        return f"block_k={block_k} must be a power of 2 >= 16"
+    return None
+
+
+def num_sms():
+    dev = jax.devices()[0]
+    return int(getattr(dev, "core_count", 0) or DEFAULT_NUM_SMS) if dev.platform == "gpu" \
+        else DEFAULT_NUM_SMS
+
+
+def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=2, max_splits=64):
+    """Splits minimising ``waves * (blocks per split + fixed cost)``, a one-CTA-per-SM model.
+
+    ``heads = B * Hkv`` programs per split; ``overhead_blocks`` is the fixed cost of a program
+    (launch, q load, pipeline fill, partial write) in units of one KV block.
+    """
+    best, best_cost = 1, None
+    for s in range(1, min(nblocks, max_splits) + 1):
+        cost = _cdiv(heads * s, sms) * (_cdiv(nblocks, s) + overhead_blocks)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = s, cost
+    return best
+
+
+def default_block_k(d, dv, c):
+    bk = 128 if max(d, dv) <= 128 else 64  # K+V tiles x num_stages must fit in shared memory
+    return min(bk, max(16, _next_pow2(c)))
+
+
+def plan(heads, c, d, dv, block_k=None, num_splits=None):
+    """``(block_k, num_splits, blocks per split)`` for ``heads = B*Hkv`` and capacity ``C``."""
+    bk = block_k or default_block_k(d, dv, c)
+    nblocks = _cdiv(c, bk)
+    splits = num_splits or auto_num_splits(heads, nblocks, num_sms())
+    nb = _cdiv(nblocks, max(1, min(splits, nblocks)))
+    return bk, _cdiv(nblocks, nb), nb  # recomputed split count: no empty split
+
+
+def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, scale, rope, probs,
+            mask_tail):
+    if rope:
+        pos_ref, invf_ref, *refs = refs
+    m_ref, l_ref, acc_ref, *s_ref = refs
+    gp, d = q_ref.shape
+    kdt = k_ref.dtype
+    split = pl.program_id(2)
+    if rope:
+        h = d // 2
+        q1 = q_ref[:, pl.ds(0, h)].astype(kdt)
+        q2 = q_ref[:, pl.ds(h, h)].astype(kdt)
+        invf = invf_ref[...]
+    else:
+        q = q_ref[...].astype(kdt)
+
+    def body(i, carry):
+        m, den, acc = carry
+        start = pl.multiple_of(i * bk, bk)
+        rows = pl.ds(start, bk)
+        vld = valid_ref[rows] != 0  # [bk]
+        if rope:
+            ang = pos_ref[rows].astype(jnp.float32)[:, None] * invf[None, :]  # [bk, D/2]
+            cos, sin = jnp.cos(ang), jnp.sin(ang)
+            k1 = k_ref[rows, pl.ds(0, h)].astype(jnp.float32)
+            k2 = k_ref[rows, pl.ds(h, h)].astype(jnp.float32)
+            r1 = (k1 * cos - k2 * sin).astype(kdt)
+            r2 = (k2 * cos + k1 * sin).astype(kdt)
+            s = (lax.dot_general(q1, r1, _DOT_NT, preferred_element_type=jnp.float32)
+                 + lax.dot_general(q2, r2, _DOT_NT, preferred_element_type=jnp.float32))
+        else:
+            s = lax.dot_general(q, k_ref[rows, :], _DOT_NT, preferred_element_type=jnp.float32)
+        s = jnp.where(vld[None, :], s * scale, NEG)  # [gp, bk]
+        if probs:
+            s_ref[0][:, rows] = s
+        m_new = jnp.maximum(m, s.max(axis=1))
+        p = jnp.where(vld[None, :], jnp.exp(s - m_new[:, None]), 0.0)
+        alpha = jnp.exp(m - m_new)
+        v = v_ref[rows, :]
+        if mask_tail:
+            row = split * cb + start + lax.broadcasted_iota(jnp.int32, (bk,), 0)
+            v = jnp.where((row < c)[:, None], v, jnp.zeros_like(v))
+        pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return m_new, alpha * den + p.sum(axis=1), alpha[:, None] * acc + pv
+
+    dv = acc_ref.shape[-1]
+    init = (jnp.full((gp,), NEG, jnp.float32), jnp.zeros((gp,), jnp.float32),
+            jnp.zeros((gp, dv), jnp.float32))
+    m, den, acc = lax.fori_loop(0, nb, body, init)
+    m_ref[...] = m
+    l_ref[...] = den
+    acc_ref[...] = acc
+
+
+def merge_splits(m, den, acc):
+    """LSE-merge of split partials ``m, den [..., S, G]``, ``acc [..., S, G, Dv]`` (f32).
+
+    Returns normalised ``out [..., G, Dv]`` (0 where nothing was valid) and ``lse [..., G]``.
+    """
+    mx = m.max(axis=-2)
+    w = jnp.exp(m - mx[..., None, :])
+    lt = (w * den).sum(axis=-2)
+    out = (w[..., None] * acc).sum(axis=-3) / jnp.where(lt > 0, lt, 1.0)[..., None]
+    return out, mx + jnp.log(lt)
+
+
+def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, inv_freq=None,
+                         return_slot_probs=False, block_k=None, num_splits=None,
+                         min_block_h=16, num_warps=4, num_stages=2, interpret=False):
+    """Split-K decode attention; same contract as ``decode_attention_reference``.
+
+    Shapes: ``q [B, Hq, D]``, ``keys [B, Hkv, C, D]``, ``values [B, Hkv, C, Dv]``,
+    ``valid [B, Hkv, C]``, ``rope_pos [B, Hkv, C]``, ``inv_freq [D/2]``. Returns
+    ``out [B, Hq, Dv]`` (and ``slot_probs [B, Hkv, C]`` f32). ``num_splits=None`` picks the
+    split count from ``B*Hkv``, the SM count and ``C`` (``auto_num_splits``).
+    """
+    b, hkv, g, c, d, dv = check_inputs(q, keys, values, valid, rope_pos, inv_freq)
+    rope = rope_pos is not None
+    reason = unsupported_reason(d, dv, block_k, rope)
+    if reason:
+        raise ValueError(f"decode_attention_gpu: {reason}")
+    scale = default_scale(scale, d)
+    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits)
+    cb = nb * bk
+    c_pad = splits * cb
+    gp = max(min_block_h, _next_pow2(g))
+
+    q4 = jnp.pad(q.reshape(b, hkv, g, d), ((0, 0), (0, 0), (0, gp - g), (0, 0)))
+    valid8 = jnp.pad(valid.astype(jnp.int8), ((0, 0), (0, 0), (0, c_pad - c)))
+    args = [q4, keys, values, valid8]
+    in_specs = [
+        pl.BlockSpec((None, None, gp, d), lambda i, j, s: (i, j, 0, 0)),
+        pl.BlockSpec((None, None, cb, d), lambda i, j, s: (i, j, s, 0)),
+        pl.BlockSpec((None, None, cb, dv), lambda i, j, s: (i, j, s, 0)),
+        pl.BlockSpec((None, None, cb), lambda i, j, s: (i, j, s)),
+    ]
+    if rope:
+        args += [rope_pos.astype(jnp.int32), inv_freq.astype(jnp.float32)]
+        in_specs += [pl.BlockSpec((None, None, cb), lambda i, j, s: (i, j, s)),
+                     pl.BlockSpec((d // 2,), lambda i, j, s: (0,))]
+    f32 = jnp.float32
+    out_shape = [jax.ShapeDtypeStruct((b, hkv, splits, gp), f32),
+                 jax.ShapeDtypeStruct((b, hkv, splits, gp), f32),
+                 jax.ShapeDtypeStruct((b, hkv, splits, gp, dv), f32)]
+    out_specs = [pl.BlockSpec((None, None, None, gp), lambda i, j, s: (i, j, s, 0)),
+                 pl.BlockSpec((None, None, None, gp), lambda i, j, s: (i, j, s, 0)),
+                 pl.BlockSpec((None, None, None, gp, dv), lambda i, j, s: (i, j, s, 0, 0))]
+    if return_slot_probs:
+        out_shape.append(jax.ShapeDtypeStruct((b, hkv, gp, c_pad), f32))
+        out_specs.append(pl.BlockSpec((None, None, gp, cb), lambda i, j, s: (i, j, 0, s)))
+    on_gpu = jax.default_backend() == "gpu" and not interpret
+    kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, scale=scale, rope=rope,
+                               probs=return_slot_probs, mask_tail=c_pad != c)
+    outs = pl.pallas_call(
+        kernel,
+        grid=(b, hkv, splits),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=(pltr.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+                         if on_gpu else None),
+        interpret=interpret,
+        name="lcache_decode_splitk",
+    )(*args)
+    out, lse = merge_splits(outs[0][..., :g], outs[1][..., :g], outs[2][..., :g, :])
+    out = out.reshape(b, hkv * g, dv).astype(q.dtype)
+    if not return_slot_probs:
+        return out
+    return out, slot_probs_from_scores(outs[3][:, :, :g, :c], lse, valid)
