@@ -58,8 +58,9 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
         c.train.steps = a["steps"]
     c.data = ml_collections.ConfigDict(dict(
         path=None, tokenizer="byte", bpe_vocab=1024, heldout_fraction=0.05,
-        max_bytes=2_000_000 if v == "smoke" else (20_000_000 if v == "tiny" else None),
         cache_dir="runs/.token_cache", passkey_rows=a["passkey"]))
     c.data.path = ml_collections.FieldReference(None, field_type=str)
+    c.data.max_bytes = ml_collections.FieldReference(
+        {"smoke": 2_000_000, "tiny": 20_000_000}.get(v), field_type=int)
     c.backcopy = ml_collections.ConfigDict(dict(vocab_size=64, num_triggers=3, seed=0))
     return c

@@ -120,6 +120,41 @@ def bench_decode(batch, context, hq=32, hkv=8, d=128, dtype=jnp.bfloat16,
     return sorted(rows, key=lambda r: order[r["impl"]])
 
 
+CHECK_CASES = (  # (G, C, dtype, rope, num_splits)
+    (4, 4099, "bfloat16", False, None), (4, 1000, "bfloat16", True, 3),
+    (1, 37, "float32", True, 1), (4, 130, "float32", False, 2),
+    (8, 70000, "bfloat16", True, None))
+
+
+def check_decode(cases=CHECK_CASES, d=128, interpret=None):
+    """Pallas vs reference on the current device over the kernel's features; prints, returns ok.
+
+    Cases: GQA G in {1, 4}, odd C with a tail block, random masks with an all-invalid head,
+    in-kernel RoPE, slot probabilities, split-K on/off, bf16 and f32.
+    """
+    ok = True
+    for g, c, dtype, rope, ns in cases:
+        b, hkv = 2, 2
+        q, keys, values, _ = make_inputs(b, c, hkv * g, hkv, d, dtype, seed=c)
+        valid = jax.random.bernoulli(jax.random.key(c), 0.7, (b, hkv, c)).at[0, 1].set(False)
+        pos = jax.random.randint(jax.random.key(1), (b, hkv, c), 0, 200_000)
+        inv = 1.0 / 10000.0 ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+        kw = dict(rope_pos=pos, inv_freq=inv, return_slot_probs=True) if rope else dict(
+            return_slot_probs=True)
+        run = jax.jit(functools.partial(decode_attention, impl="pallas", num_splits=ns,
+                                        interpret=interpret, **kw))
+        out, sp = run(q, keys, values, valid)
+        rout, rsp = decode_attention(q, keys, values, valid, impl="xla", **kw)
+        err = float(jnp.abs(out.astype(jnp.float32) - rout.astype(jnp.float32)).max())
+        perr = float(jnp.abs(sp - rsp).max())
+        tol = (5e-2, 2e-2) if dtype == "bfloat16" else (1e-3, 1e-4)  # GPU f32 dots may be TF32
+        good = err < tol[0] and perr < tol[1] and bool(jnp.isfinite(out).all())
+        ok &= good
+        print(f"check G={g} C={c} {dtype} rope={rope} splits={ns}: out err {err:.2e}, "
+              f"slot-prob err {perr:.2e} {'ok' if good else 'FAIL'}", flush=True)
+    return ok
+
+
 def _fmt(row):
     if "error" in row:
         return (f"B={row['batch']:<3} C={row['context']:<7} {row['impl']:<7} "
@@ -144,7 +179,10 @@ def main(argv=None):
     p.add_argument("--splits", type=ints, default=(), help="extra num_splits to time (pallas)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", default=None, help="write all rows to this file")
+    p.add_argument("--check", action="store_true", help="first check pallas vs reference")
     a = p.parse_args(argv)
+    if a.check and not check_decode():
+        raise SystemExit("decode kernel check FAILED")
     impls = tuple(a.impls.split(","))
     if jax.default_backend() != "gpu":
         impls = tuple(i for i in impls if i != "cudnn")
