@@ -97,7 +97,7 @@ def bench_decode(batch, context, hq=32, hkv=8, d=128, dtype=jnp.bfloat16,
     for name, ns, fn, args in sorted(runs, key=lambda r: r[0] == "xla"):
         row, out = dict(base, impl=name), None
         if name == "pallas":
-            _, row["num_splits"], _ = gpu.plan(batch * hkv, context, d, d, None, ns)
+            _, row["num_splits"], _ = gpu.plan(batch * hkv, context, d, d, None, ns, dtype.itemsize)
             row["splits_auto"] = ns is None
         try:
             if name == "cudnn":

@@ -16,6 +16,8 @@ Design:
     those slots; V rows past ``C`` are zeroed in-kernel so that ``0 * NaN`` cannot leak.
   * RoPE on keys (``rope_pos``): rotated in f32 from the two halves loaded separately (no
     in-register slicing/concat), cast back to the cache dtype for the MMA.
+  * ``block_k`` default: the largest power of 2 <= 128 whose K+V tiles take <= 64 KB, so two
+    pipeline stages (``num_stages=2``) fit in shared memory: 128 at D=128 bf16, 64 at f32.
   * matmuls run in the cache dtype with f32 accumulation (``p`` is cast to the value dtype,
     as in flash attention); softmax statistics are f32.
   * slot probabilities: the kernel also writes the masked logits ``[B, Hkv, Gp, C]`` f32 and the
@@ -89,14 +91,18 @@ def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=2, max_
     return best
 
 
-def default_block_k(d, dv, c):
-    bk = 128 if max(d, dv) <= 128 else 64  # K+V tiles x num_stages must fit in shared memory
+def default_block_k(d, dv, c, itemsize=2, stage_bytes=64 << 10):
+    """Largest power of 2 <= 128 whose K+V tiles fit ``stage_bytes`` (x num_stages=2 must fit
+    the 227 KB of shared memory of an H100/H200 block): 128 at D=128 bf16, 64 at D=128 f32."""
+    bk = 128
+    while bk > 16 and bk * (d + dv) * itemsize > stage_bytes:
+        bk //= 2
     return min(bk, max(16, _next_pow2(c)))
 
 
-def plan(heads, c, d, dv, block_k=None, num_splits=None):
+def plan(heads, c, d, dv, block_k=None, num_splits=None, itemsize=2):
     """``(block_k, num_splits, blocks per split)`` for ``heads = B*Hkv`` and capacity ``C``."""
-    bk = block_k or default_block_k(d, dv, c)
+    bk = block_k or default_block_k(d, dv, c, itemsize)
     nblocks = _cdiv(c, bk)
     splits = num_splits or auto_num_splits(heads, nblocks, num_sms())
     nb = _cdiv(nblocks, max(1, min(splits, nblocks)))
@@ -185,7 +191,8 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
     if reason:
         raise ValueError(f"decode_attention_gpu: {reason}")
     scale = default_scale(scale, d)
-    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits)
+    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits,
+                          max(keys.dtype.itemsize, values.dtype.itemsize))
     cb = nb * bk
     c_pad = splits * cb
     gp = max(min_block_h, _next_pow2(g))

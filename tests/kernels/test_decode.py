@@ -207,3 +207,14 @@ def test_bench_smoke():
     assert [r["impl"] for r in rows] == ["xla", "pallas", "pallas"]
     for r in rows:
         assert "error" not in r and r["gbps"] > 0 and r["max_err"] < 1e-4
+
+
+@pytest.mark.parametrize("heads,c", [(8, 4096), (64, 32768), (256, 131072), (4, 37), (2, 5000)])
+def test_split_plan(heads, c):
+    from pallas_kernels.decode.gpu import plan
+
+    for itemsize, want_bk in ((2, 128), (4, 64)):
+        bk, splits, nb = plan(heads, c, 128, 128, itemsize=itemsize)
+        assert bk == min(want_bk, max(16, 1 << (c - 1).bit_length()))
+        nblocks = -(-c // bk)
+        assert (splits - 1) * nb < nblocks <= splits * nb  # every split has work
