@@ -1,7 +1,21 @@
 """KV-cache state and policies. Imports only jax and numpy: usable in any JAX project."""
 
 from lcache.cache.base import Dense, Policy, PrefillMass, advance_seen, write_slots
+from lcache.cache.budgets import Budget, cache_bytes, dynamic, per_layer, pyramid, uniform
+from lcache.cache.h2o import H2O, ValueAware
+from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
+from lcache.cache.recompress import Recompress
+from lcache.cache.scored import ScoredPolicy
+from lcache.cache.scorers import TOVA, KeyNorm, Random
+from lcache.cache.selection import evict, keep_top, priority, select
+from lcache.cache.snapkv import SnapKV
 from lcache.cache.state import EMPTY, CacheView, KVState, empty_state
+from lcache.cache.voting import observer_probs, observers, pool_by_position
+from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["EMPTY", "CacheView", "Dense", "KVState", "Policy", "PrefillMass", "advance_seen",
-           "empty_state", "write_slots"]
+__all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "KVState", "KeyNorm", "Policy",
+           "PrefillMass", "Quantized", "QuantizedKVState", "Random", "Recompress", "ScoredPolicy",
+           "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware", "advance_seen", "cache_bytes",
+           "dynamic", "empty_state", "evict", "keep_top", "observer_probs", "observers",
+           "per_layer", "pool_by_position", "priority", "pyramid", "quantized", "select", "uniform",
+           "write_slots"]

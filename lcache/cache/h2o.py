@@ -1,0 +1,75 @@
+"""H2O heavy hitters (Zhang et al., 2023) and its value-aware variant.
+
+Per cache head, each slot's score is the attention it has received, summed over every query so
+far (prefill rows via ``PrefillMass``, each decode step via ``observe``) and over the query group.
+The ``recent`` newest positions are protected; the rest compete on score.
+
+Variant: the real-drop H2O of FMInference/H2O ``utils_real_drop`` (``H2OKVCache_LayerWise``:
+accumulate, then keep ``topk(score[:-recent], heavy)`` plus the last ``recent``), at original
+RoPE positions (keys stored rotated; the reference also shifts positions, we do not). Not
+KVCache-Factory's one-shot prefill "H2O". Our decode inserts before attending, so the new token
+enters with score 0 and the lowest-score unprotected slot is evicted on the scores up to the
+previous step: ``H2O(heavy=h, recent=r)`` attends exactly the token set of the reference with
+``hh_size=h``, ``recent_size=r - 1`` (the reference attends over ``h + r`` tokens before
+dropping one).
+
+``normalize=True`` ranks by the mean instead of the sum, dividing by the number of queries that
+could see the token (``seen - pos``): kvpress's ``ObservedAttentionPress`` is
+``H2O(heavy=n_kept, recent=0, normalize=True)`` on a single prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from lcache.cache.scored import ScoredPolicy, accumulate
+
+
+@dataclasses.dataclass(frozen=True)
+class H2O(ScoredPolicy):
+    """``heavy`` top-score tokens plus ``recent`` newest ones; capacity ``heavy + recent``."""
+
+    heavy: int
+    recent: int
+    normalize: bool = False
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if self.heavy < 0 or self.recent < 0:
+            raise ValueError(f"{name} needs heavy >= 0 and recent >= 0, got heavy={self.heavy}, "
+                             f"recent={self.recent}")
+        if self.heavy + self.recent < 1:
+            raise ValueError(f"{name} capacity heavy + recent must be >= 1, got 0")
+
+    @property
+    def capacity(self) -> int:
+        return self.heavy + self.recent
+
+    def recent_protected(self) -> int:
+        return self.recent
+
+    def rank(self, score, pos, values, seen):
+        if not self.normalize:
+            return score
+        return score / jnp.maximum(seen[:, None, None] - pos, 1).astype(jnp.float32)
+
+    def prefill(self, state, keys, values, pos, *, queries=None, mass=None):
+        del queries
+        if mass is None:
+            raise ValueError(f"{type(self).__name__}.prefill needs the chunk's attention `mass`")
+        return self.insert(state, keys, values, pos, state.score + mass.cache, mass.chunk)
+
+    def observe(self, state, slot_probs):
+        return accumulate(state, slot_probs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueAware(H2O):
+    """H2O ranked by accumulated attention x ``||v||``: a void sink (much attention, near-zero
+    value, Guo et al. 2024) ranks low, a semantic heavy hitter keeps its place."""
+
+    def rank(self, score, pos, values, seen):
+        return super().rank(score, pos, values, seen) * jnp.linalg.norm(
+            values.astype(jnp.float32), axis=-1)

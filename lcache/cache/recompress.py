@@ -1,0 +1,73 @@
+"""Decode-time re-compression of a score-based policy (kvpress ``DecodingPress``, SnapKV-D).
+
+The cache grows by one token per decode step; once it is full (``target + interval`` slots) the
+base policy's ranking keeps ``target`` of them (its protected recent window included), so the
+cache oscillates between ``target`` and ``target + interval`` with static shapes, and the
+selection cost is paid once every ``interval`` steps. For vote-based bases (SnapKV) the scores
+restart at zero after the prefill and after each re-selection, so each re-selection ranks by the
+attention of the decode queries since the previous one: the observation window of SnapKV-D.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lcache.cache.base import Policy
+from lcache.cache.scored import ScoredPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class Recompress(Policy):
+    """Re-select ``base``'s cache down to ``target`` every ``interval`` decode tokens."""
+
+    base: ScoredPolicy
+    interval: int
+    target: int
+
+    def __post_init__(self):
+        if not isinstance(self.base, ScoredPolicy):
+            raise ValueError(f"Recompress.base must be a score-based policy, got "
+                             f"{type(self.base).__name__}")
+        if self.interval < 1:
+            raise ValueError(f"Recompress.interval must be >= 1, got {self.interval}")
+        if self.target < max(1, self.base.recent_protected()):
+            raise ValueError(f"Recompress.target={self.target} must be >= 1 and hold the "
+                             f"base's {self.base.recent_protected()} protected tokens")
+
+    @property
+    def capacity(self) -> int:
+        return self.target + self.interval
+
+    def cache_heads(self, num_kv_heads, num_q_heads):
+        return self.base.cache_heads(num_kv_heads, num_q_heads)
+
+    def _restart_votes(self, state, rows_B):
+        if not self.base.decode_votes:
+            return state
+        return dataclasses.replace(state, score=jnp.where(rows_B[:, None, None], 0.0,
+                                                          state.score))
+
+    def prefill(self, state, keys, values, pos, *, queries=None, mass=None):
+        state = self.base.prefill(state, keys, values, pos, queries=queries, mass=mass)
+        return self._restart_votes(state, jnp.ones(state.seen.shape, bool))
+
+    def append(self, state, key, value, pos):
+        return self.base.append(state, key, value, pos)
+
+    def observe(self, state, slot_probs):
+        state = self.base.observe(state, slot_probs)
+        full = jnp.all(state.valid, axis=(1, 2))
+
+        def recompress(s):
+            return self._restart_votes(self.base.prune(s, self.target, full), full)
+
+        return jax.lax.cond(jnp.any(full), recompress, lambda s: s, state)
+
+    def view(self, state):
+        return self.base.view(state)
+
+    def visible(self, q_pos, k_pos):
+        return self.base.visible(q_pos, k_pos)

@@ -1,0 +1,89 @@
+"""Base of the score-based policies: a stored score per slot, ``select`` decides who stays.
+
+A subclass says how chunks and decode tokens are scored (``prefill``, ``token_score``,
+``observe``), how many of the most recent tokens are protected (``recent_protected``) and, if a
+stored score is not directly the selection priority, how to rank it (``rank``). Keys are stored
+rotated at their original positions (``rope_mode = 'original'``).
+
+Decode is insert-then-attend: ``append`` writes the new token (always kept) over the
+lowest-priority unprotected slot when the cache is full, then attention runs over the view and
+``observe`` feeds its probabilities back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax.numpy as jnp
+
+from lcache.cache.base import Policy, write_slots
+from lcache.cache.selection import evict, keep_top, priority, select
+from lcache.cache.state import KVState
+
+
+def newest_pos(state: KVState, pos_BT):
+    """``[B]`` the largest position after consuming ``pos`` (``-1`` for an empty stream)."""
+    return jnp.maximum(state.seen - 1, jnp.max(pos_BT, axis=-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredPolicy(Policy):
+    """Shared insert/evict logic of H2O, SnapKV, TOVA, KeyNorm, Random and ValueAware."""
+
+    # True when the stored score is a vote of recent queries that a re-selection should restart
+    # from zero (SnapKV's observation window; see ``Recompress``).
+    decode_votes: ClassVar[bool] = False
+
+    def recent_protected(self) -> int:
+        """How many of the most recent positions can never be evicted."""
+        raise NotImplementedError
+
+    def rank(self, score, pos, values, seen):
+        """Selection priority of stored ``score [B, H, N]`` for tokens at ``pos [B, H, N]`` with
+        ``values [B, H, N, Dv]``, when ``seen [B]`` tokens have been consumed."""
+        del pos, values, seen
+        return score
+
+    def token_score(self, state: KVState, key, value, pos):
+        """Stored score ``[B, H]`` of a decode token (before any attention has seen it)."""
+        del key, value, pos
+        return jnp.zeros(state.seen.shape + state.pos.shape[1:2], jnp.float32)
+
+    def insert(self, state: KVState, keys, values, pos, slot_score, chunk_score, *,
+               keep: int | None = None, force_new: bool = False) -> KVState:
+        """Keep the top candidates among the cache (re-scored ``slot_score [B, H, C]``) and a
+        chunk (``chunk_score [B, H, T]``), at most ``keep`` of them; write the chunk's winners.
+
+        The ``recent_protected()`` newest positions are forced in; ``force_new`` forces the whole
+        chunk (a decode token is always stored: the current query attends to it).
+        """
+        newest = newest_pos(state, pos)[:, None, None]
+        seen = jnp.maximum(state.seen, newest[:, 0, 0] + 1)
+        window = self.recent_protected()
+        pos_bht = jnp.broadcast_to(pos[:, None, :], chunk_score.shape)
+        slot_pri = priority(self.rank(slot_score, state.pos, state.values, seen), state.valid,
+                            state.pos > newest - window)
+        new_pri = priority(self.rank(chunk_score, pos_bht, values, seen), pos_bht >= 0,
+                           force_new | (pos_bht > newest - window))
+        dest, kept = select(slot_pri, new_pri, keep)
+        state = evict(dataclasses.replace(state, score=slot_score.astype(jnp.float32)), kept)
+        return write_slots(state, dest, keys, values, pos, chunk_score.astype(jnp.float32))
+
+    def append(self, state, key, value, pos):
+        score = self.token_score(state, key, value, pos)
+        return self.insert(state, key[:, :, None], value[:, :, None], pos[:, None], state.score,
+                           score[..., None], force_new=True)
+
+    def prune(self, state: KVState, keep: int, rows_B) -> KVState:
+        """Keep the top ``keep`` slots (recent positions protected) in rows where ``rows_B``."""
+        newest = (state.seen - 1)[:, None, None]
+        pri = priority(self.rank(state.score, state.pos, state.values, state.seen), state.valid,
+                       state.pos > newest - self.recent_protected())
+        return evict(state, keep_top(pri, keep) | ~rows_B[:, None, None])
+
+
+
+def accumulate(state: KVState, slot_probs_BHC) -> KVState:
+    """Add a decode step's attention to the stored scores (H2O's heavy-hitter sum)."""
+    return dataclasses.replace(state, score=state.score + jnp.where(state.valid, slot_probs_BHC, 0))
