@@ -89,22 +89,32 @@ class Attention(nnx.Module):
             out = out * jax.nn.sigmoid(self.gate(x).astype(jnp.float32)).astype(out.dtype)
         return self.o(out)
 
-    def _attend(self, q_BHqTD, k_BHSD, v_BHSD, mask_BHGTS):
+    def _attend(self, q_BHqTD, k_BHSD, v_BHSD, mask_BHGTS, return_weights=False):
         b, hq, t, d = q_BHqTD.shape
         h = k_BHSD.shape[1]
         q = q_BHqTD.reshape(b, h, hq // h, t, d)
         return grouped_attention(q, k_BHSD, v_BHSD, mask_BHGTS, variant=self.cfg.attention,
                                  sink_logit_HG=self._sink_logit(hq // h),
-                                 sigmoid_bias=self.cfg.sigmoid_bias)
+                                 sigmoid_bias=self.cfg.sigmoid_bias,
+                                 return_weights=return_weights)
 
     # -- entry points ------------------------------------------------------------------------
-    def __call__(self, x, pos_BT):
-        """Full causal attention over ``x [B, T, dim]`` at positions ``pos [B, T]``."""
+    def __call__(self, x, pos_BT, taps: dict | None = None):
+        """Full causal attention over ``x [B, T, dim]`` at positions ``pos [B, T]``.
+
+        If ``taps`` is a dict, it receives ``weights [B, Hq, T, T]`` (float32) and
+        ``values [B, Hkv, T, D]`` for sink analysis.
+        """
         q, k, v = self._qkv(x)
         q = apply_rope(q, pos_BT[:, None], self.inv_freq)
         k = apply_rope(k, pos_BT[:, None], self.inv_freq)
         mask = (pos_BT[:, None, :] <= pos_BT[:, :, None])[:, None, None]  # [B,1,1,T,S]
-        out, _ = self._attend(q, k, v, mask)
+        if taps is None:
+            out, _ = self._attend(q, k, v, mask)
+        else:
+            out, _, weights = self._attend(q, k, v, mask, return_weights=True)
+            b, h, g, t, s = weights.shape
+            taps.update(weights=weights.reshape(b, h * g, t, s), values=v)
         return self._output(x, out)
 
     def prefill(self, x, pos_BT, state: KVState, policy: Policy):

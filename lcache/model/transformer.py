@@ -11,17 +11,18 @@ from flax import nnx
 from lcache.cache import KVState, Policy
 from lcache.model.config import ModelConfig
 from lcache.model.layers import INIT_STD, Attention, RMSNorm, SwiGLU
+from lcache.model.mla import MLAttention
 
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg, rngs)
+        self.attn = MLAttention(cfg, rngs) if cfg.use_mla else Attention(cfg, rngs)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg, rngs)
 
-    def __call__(self, x, pos):
-        x = x + self.attn(self.attn_norm(x), pos)
+    def __call__(self, x, pos, taps=None):
+        x = x + self.attn(self.attn_norm(x), pos, taps)
         return x + self.mlp(self.mlp_norm(x))
 
     def prefill(self, x, pos, state, policy):
@@ -102,6 +103,27 @@ class Transformer(nnx.Module):
             return logits, jnp.stack(hidden)[:, :, k:]
         return logits
 
+    def analyze(self, tokens_BT) -> dict:
+        """Everything the sink analysis reads, sink tokens included (they are tokens too):
+
+        ``logits [B, T, V]``, ``hidden [L+1, B, K+T, dim]`` residual stream,
+        ``weights [L, B, Hq, K+T, K+T]`` attention weights (float32, the variant's own weights,
+        not renormalised), ``values [L, B, Hkv, K+T, D]``, and ``num_sink_tokens`` K.
+        """
+        k = self.cfg.num_sink_tokens
+        x = self._with_sinks(self._embed(tokens_BT))
+        b, t = x.shape[:2]
+        pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        hidden, weights, values = [x], [], []
+        for block in self.blocks:
+            taps = {}
+            x = block(x, pos, taps)
+            hidden.append(x)
+            weights.append(taps["weights"])
+            values.append(taps["values"])
+        return dict(logits=self._logits(x)[:, k:], hidden=jnp.stack(hidden),
+                    weights=jnp.stack(weights), values=jnp.stack(values), num_sink_tokens=k)
+
     # -- cached inference ----------------------------------------------------------------------
     def init_cache(self, policy: Policy | Sequence[Policy], batch: int,
                    dtype=None) -> list[KVState]:
@@ -109,8 +131,9 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         dtype = dtype or jnp.dtype(cfg.compute_dtype)
         policies = _per_layer(policy, cfg.num_layers)
-        caches = [p.init(batch, p.cache_heads(cfg.num_kv_heads, cfg.num_heads), cfg.head_size,
-                         dtype) for p in policies]
+        kv_heads, q_heads, key_dim, value_dim = cfg.cache_dims
+        caches = [p.init(batch, p.cache_heads(kv_heads, q_heads), key_dim, dtype, value_dim)
+                  for p in policies]
         if cfg.num_sink_tokens:
             x = self._with_sinks(jnp.zeros((batch, 0, cfg.dim), dtype))
             pos = jnp.broadcast_to(jnp.arange(cfg.num_sink_tokens, dtype=jnp.int32),
