@@ -41,6 +41,7 @@ class ModelConfig:
     sigmoid_bias: float = 0.0
     gated_attention: bool = False
     num_sink_tokens: int = 0
+    sliding_window: int = 0  # W > 0: a query at t sees keys in (t - W, t] only (Mistral)
     attention_impl: str = "xla"
     compute_dtype: str = "float32"  # "bfloat16" for mixed precision (params stay float32)
 
@@ -71,6 +72,8 @@ class ModelConfig:
                              f"expected one of {ATTENTION_VARIANTS}")
         if self.num_sink_tokens < 0:
             raise ValueError(f"num_sink_tokens must be >= 0, got {self.num_sink_tokens}")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window must be >= 0 (0 = none), got {self.sliding_window}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; "
                              f"expected one of {ATTENTION_IMPLS}")

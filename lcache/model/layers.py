@@ -7,6 +7,8 @@ sequence, training), ``prefill`` (a chunk over a cache: attend, then let the pol
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -48,7 +50,11 @@ class SwiGLU(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """GQA attention with RoPE, optional qkv bias, sink logit and output gate."""
+    """GQA attention with RoPE, optional qkv bias, sink logit, output gate and sliding window.
+
+    ``cfg.sliding_window = W > 0`` lets a query at position ``t`` see keys in ``(t - W, t]``
+    (Mistral), in the full forward and, on top of any cache policy, in prefill and decode.
+    """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -98,6 +104,11 @@ class Attention(nnx.Module):
                                  sigmoid_bias=self.cfg.sigmoid_bias,
                                  return_weights=return_weights)
 
+    def _in_window(self, q_pos, k_pos):
+        """Broadcast bool: key within the model's sliding window of the query (or no window)."""
+        w = self.cfg.sliding_window
+        return k_pos > q_pos - w if w else jnp.ones((), bool)
+
     # -- entry points ------------------------------------------------------------------------
     def __call__(self, x, pos_BT, taps: dict | None = None):
         """Full causal attention over ``x [B, T, dim]`` at positions ``pos [B, T]``.
@@ -108,7 +119,8 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x)
         q = apply_rope(q, pos_BT[:, None], self.inv_freq)
         k = apply_rope(k, pos_BT[:, None], self.inv_freq)
-        mask = (pos_BT[:, None, :] <= pos_BT[:, :, None])[:, None, None]  # [B,1,1,T,S]
+        q_pos, k_pos = pos_BT[:, :, None], pos_BT[:, None, :]
+        mask = ((k_pos <= q_pos) & self._in_window(q_pos, k_pos))[:, None, None]  # [B,1,1,T,S]
         if taps is None:
             out, _ = self._attend(q, k, v, mask)
         else:
@@ -136,7 +148,8 @@ class Attention(nnx.Module):
         key_ok = jnp.concatenate([view.valid, chunk_pos >= 0], axis=2)
         q_pos = pos_BT[:, None, None, :, None]  # [B,1,1,T,1]
         mask = (key_ok[:, :, None, None, :] & (q_pos >= 0)
-                & policy.visible(q_pos, key_pos[:, :, None, None, :]))
+                & policy.visible(q_pos, key_pos[:, :, None, None, :])
+                & self._in_window(q_pos, key_pos[:, :, None, None, :]))
         out, mass = self._attend(q_rot, keys, values, mask)
         stored = k_rot_c if policy.rope_mode == "original" else k_c
         state = policy.prefill(state, stored, v_c, pos_BT, queries=q_rot,
@@ -153,6 +166,8 @@ class Attention(nnx.Module):
         k, v = jnp.repeat(k, reps, axis=1), jnp.repeat(v, reps, axis=1)
         state = policy.append(state, k[:, :, 0], v[:, :, 0], pos_B)
         view = policy.view(state)
+        view = dataclasses.replace(view, valid=view.valid & self._in_window(
+            pos_B[:, None, None], view.key_pos))
         q_rot = apply_rope(q, (pos_B - view.query_offset)[:, None, None], self.inv_freq)
         out_BHqD, slot_probs = decode_over_view(
             q_rot[:, :, 0], view, self.inv_freq, variant=self.cfg.attention,
