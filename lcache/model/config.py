@@ -8,6 +8,7 @@ from lcache.model.rope import ROPE_SCALINGS
 
 ATTENTION_VARIANTS = ("softmax", "off_by_one", "sink_logit", "softpick", "sigmoid", "relu")
 ATTENTION_IMPLS = ("xla", "pallas", "auto")
+MLA_IMPLS = ("naive", "absorb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,8 @@ class ModelConfig:
     ``gated_attention`` multiplies each head's output by a sigmoid gate computed from the layer
     input (Qiu et al., position G1); ``num_sink_tokens`` learnable tokens are prepended to every
     sequence (StreamingLLM's learnable sink / registers), excluded from the loss.
+    ``mla_kv_lora_rank > 0`` replaces GQA by multi-head latent attention (``model/mla.py``;
+    ``num_kv_heads`` and ``head_dim`` are then unused by attention).
     """
 
     vocab_size: int = 259
@@ -44,6 +47,12 @@ class ModelConfig:
     sliding_window: int = 0  # W > 0: a query at t sees keys in (t - W, t] only (Mistral)
     attention_impl: str = "xla"
     compute_dtype: str = "float32"  # "bfloat16" for mixed precision (params stay float32)
+    mla_kv_lora_rank: int = 0  # latent width d_c; > 0 turns MLA on
+    mla_q_lora_rank: int = 0  # query latent width; 0 = no query compression
+    mla_qk_nope_dim: int = 0  # per-head query/key width without RoPE
+    mla_qk_rope_dim: int = 0  # width of the RoPE query part and of the shared RoPE key
+    mla_v_dim: int = 0  # per-head value width
+    mla_impl: str = "absorb"  # cached attention: 'naive' (up-project K/V) or 'absorb'
 
     def __post_init__(self):
         positive = dict(vocab_size=self.vocab_size, dim=self.dim, num_layers=self.num_layers,
@@ -81,10 +90,41 @@ class ModelConfig:
             raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        self._check_mla()
+
+    def _check_mla(self):
+        if self.mla_kv_lora_rank < 0 or self.mla_q_lora_rank < 0:
+            raise ValueError("mla_kv_lora_rank and mla_q_lora_rank must be >= 0, got "
+                             f"{self.mla_kv_lora_rank} and {self.mla_q_lora_rank}")
+        if not self.use_mla:
+            return
+        dims = dict(mla_qk_nope_dim=self.mla_qk_nope_dim, mla_qk_rope_dim=self.mla_qk_rope_dim,
+                    mla_v_dim=self.mla_v_dim)
+        for name, val in dims.items():
+            if val < 1:
+                raise ValueError(f"MLA needs {name} >= 1, got {val}")
+        if self.mla_qk_rope_dim % 2:
+            raise ValueError(f"RoPE needs an even mla_qk_rope_dim, got {self.mla_qk_rope_dim}")
+        if self.mla_impl not in MLA_IMPLS:
+            raise ValueError(f"unknown mla_impl {self.mla_impl!r}; expected one of {MLA_IMPLS}")
+        if self.gated_attention or self.attention_impl == "pallas":
+            raise ValueError("MLA supports neither gated_attention nor attention_impl='pallas'")
 
     @property
     def head_size(self) -> int:
         return self.head_dim or self.dim // self.num_heads
+
+    @property
+    def use_mla(self) -> bool:
+        return self.mla_kv_lora_rank > 0
+
+    @property
+    def cache_dims(self) -> tuple[int, int, int, int]:
+        """``(kv_heads, q_heads, key_dim, value_dim)`` of one layer's cache; MLA caches one
+        latent head (keys = the shared RoPE key, values = the latent) read by every query."""
+        if self.use_mla:
+            return 1, 1, self.mla_qk_rope_dim, self.mla_kv_lora_rank
+        return self.num_kv_heads, self.num_heads, self.head_size, self.head_size
 
     @property
     def group_size(self) -> int:
