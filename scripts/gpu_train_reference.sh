@@ -8,10 +8,12 @@ R=/tmp/r; mkdir -p $R "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 150 python3 -m experiments.train \
-  --config=configs/train.py:medium,time=75 --config.data.max_bytes=200000000 \
-  --workdir=$R/medium > $R/medium.log 2>&1
-tail -3 $R/medium/metrics.csv
+if [ -z "${SKIP_PROBE:-}" ]; then
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 150 python3 -m experiments.train \
+    --config=configs/train.py:medium,time=75 --config.data.max_bytes=200000000 \
+    --workdir=$R/medium > $R/medium.log 2>&1
+  tail -3 $R/medium/metrics.csv
+fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.1
 TRAIN_S=${TRAIN_S:-330}
 STEPS=${STEPS:-2500}
@@ -20,6 +22,9 @@ declare -A RUNS=(
   [sinklogit]="small,passkey=8,attn=sink_logit" [offbyone]="small,passkey=8,attn=off_by_one"
   [softpick]="small,passkey=8,attn=softpick" [sigmoid]="small,passkey=8,attn=sigmoid"
   [gated]="small,passkey=8,gated=true" [backcopy]="backcopy")
+# SKIP_PROBE=1 STEPS=1000 TRAIN_S=560: the variants only, matched in steps (= tokens)
+[ -n "${SKIP_PROBE:-}" ] && unset 'RUNS[backcopy]'
+
 for name in "${!RUNS[@]}"; do
   setsid python3 -m experiments.train --config=configs/train.py:${RUNS[$name]},time=$TRAIN_S,steps=$STEPS \
     --config.data.max_bytes=200000000 --workdir=$R/$name > $R/$name.log 2>&1 &
@@ -28,13 +33,18 @@ wait
 for name in "${!RUNS[@]}"; do
   cp $R/$name.log $R/$name/train.log; rm -rf $R/$name/ckpt
 done
-cp $R/medium/metrics.csv $R/medium_metrics.csv
 tar -C $R -cf "$OUT/models_a.tar" softmax sinktoken
 tar -C $R -cf "$OUT/models_b.tar" sinklogit offbyone
 tar -C $R -cf "$OUT/models_c.tar" softpick sigmoid
-tar -C $R -cf "$OUT/models_d.tar" gated backcopy medium_metrics.csv medium.log
+if [ -z "${SKIP_PROBE:-}" ]; then
+  cp $R/medium/metrics.csv $R/medium_metrics.csv
+  tar -C $R -cf "$OUT/models_d.tar" gated backcopy medium_metrics.csv medium.log
+else
+  tar -C $R -cf "$OUT/models_d.tar" gated
+fi
 printf "%-10s %6s %10s %10s %12s\n" run steps loss heldout tok/s
-for name in medium "${!RUNS[@]}"; do
+for name in ${SKIP_PROBE:-medium} "${!RUNS[@]}"; do
+  [ -f "$R/$name/metrics.csv" ] || continue
   python3 - "$R/$name/metrics.csv" "$name" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
