@@ -258,4 +258,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         return ByteTokenizer()
     if kind == "bpe":
         return BPETokenizer.from_file(os.path.join(directory, BPE_FILENAME))
+    if kind == "hf":  # a Hugging Face tokenizer.json saved with an imported model
+        from lcache.hf import HFTokenizer
+
+        return HFTokenizer.from_dir(directory)
     raise ValueError(f"unknown tokenizer kind {kind!r} in {meta_path!r}")
