@@ -56,8 +56,13 @@ class ScoredPolicy(Policy):
         chunk (``chunk_score [B, H, T]``), at most ``keep`` of them; write the chunk's winners.
 
         The ``recent_protected()`` newest positions are forced in; ``force_new`` forces the whole
-        chunk (a decode token is always stored: the current query attends to it).
+        chunk (a decode token is always stored: the current query attends to it). A row whose
+        chunk is all padding is left as it was.
         """
+        active = jnp.any(pos >= 0, axis=-1)
+        slot_score = jnp.where(active[:, None, None], slot_score, state.score)
+        if keep is not None:
+            keep = jnp.where(active, keep, state.capacity)
         newest = newest_pos(state, pos)[:, None, None]
         seen = jnp.maximum(state.seen, newest[:, 0, 0] + 1)
         window = self.recent_protected()

@@ -6,8 +6,8 @@ over a slot that does not (an empty one first), so a decode step costs one ``arg
 ``top_k`` over ``C`` slots and one scatter, never a gather of the whole cache.
 
 Priorities are float32: ``+inf`` for protected candidates (sinks, recent windows), ``-inf`` for
-empty slots and padding, the policy's score otherwise. Ties keep what is already cached, then the
-lower index (``lax.top_k`` order).
+empty slots and padding, the policy's score otherwise. A tie between a cached slot and a new
+token keeps the cached one; among equal new tokens the lower index wins (``lax.top_k`` order).
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ def priority(score, valid, protected):
     return jnp.where(valid, jnp.where(protected, jnp.inf, score), -jnp.inf)
 
 
-def keep_top(priority_BHN, keep: int):
-    """``[B, H, N]`` bool: the ``keep`` highest finite-or-protected entries of each row."""
-    n = priority_BHN.shape[-1]
-    if keep >= n:
-        return priority_BHN > -jnp.inf
-    _, idx = jax.lax.top_k(priority_BHN, keep)
-    mask = jnp.zeros(priority_BHN.shape, bool)
-    mask = jnp.put_along_axis(mask, idx, True, axis=-1, inplace=False)
-    return mask & (priority_BHN > -jnp.inf)
+def keep_top(priority_BHN, keep):
+    """``[B, H, N]`` bool: the ``keep`` (an int or ``[B]``) highest entries of each row that are
+    not ``-inf`` (ties: lower index first)."""
+    rank = jnp.argsort(jnp.argsort(-priority_BHN, axis=-1, stable=True), axis=-1)
+    return (rank < jnp.reshape(jnp.asarray(keep), (-1, 1, 1))) & (priority_BHN > -jnp.inf)
 
 
-def select(slot_priority_BHC, new_priority_BHT, keep: int | None = None):
-    """Keep the top ``min(C, keep)`` of ``C`` cached slots and ``T`` new tokens.
+def select(slot_priority_BHC, new_priority_BHT, keep=None):
+    """Keep the top ``min(C, keep)`` of ``C`` cached slots and ``T`` new tokens (``keep``: an int
+    or ``[B]`` per row).
 
     Returns ``dest [B, H, T]`` int32, the slot each new token is written to (``C`` = dropped),
     and ``kept [B, H, C]`` bool, the cached slots that survive (before new tokens overwrite
@@ -47,7 +44,7 @@ def select(slot_priority_BHC, new_priority_BHT, keep: int | None = None):
     that swap form a prefix, which is exactly the top-``C`` of the union.
     """
     c, t = slot_priority_BHC.shape[-1], new_priority_BHT.shape[-1]
-    if keep is not None and keep < c:
+    if keep is not None and not (isinstance(keep, int) and keep >= c):
         # A budget below the capacity: decide the survivors over the union first, then place.
         kept_all = keep_top(jnp.concatenate([slot_priority_BHC, new_priority_BHT], -1), keep)
         slot_priority_BHC = jnp.where(kept_all[..., :c], slot_priority_BHC, -jnp.inf)

@@ -13,6 +13,8 @@ neighbours across the gaps.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -56,7 +58,7 @@ def window_vote(probs_BHGWN, q_pos_BW):
     """``[B, H, G, N]`` mean attention over the real observers."""
     real = (q_pos_BW >= 0).astype(jnp.float32)
     count = jnp.maximum(real.sum(-1), 1.0)[:, None, None, None]
-    return jnp.einsum("bhgwn,bw->bhgn", probs_BHGWN, real) / count
+    return jnp.sum(probs_BHGWN * real[:, None, None, :, None], axis=3) / count
 
 
 def pool_by_position(score_BHGN, pos_BHN, member_BHN, kernel: int, pooling: str):
@@ -66,14 +68,12 @@ def pool_by_position(score_BHGN, pos_BHN, member_BHN, kernel: int, pooling: str)
     if kernel == 1:
         return score_BHGN
     fill = 0.0 if pooling == "avg" else -jnp.inf
-    order = jnp.broadcast_to(jnp.argsort(jnp.where(member_BHN, pos_BHN, -1), axis=-1)[:, :, None],
-                             score_BHGN.shape)
-    x = jnp.take_along_axis(jnp.where(member_BHN[:, :, None], score_BHGN, fill), order, -1)
-    pad = ((0, 0),) * 3 + ((kernel // 2, kernel // 2),)
-    if pooling == "avg":
-        pooled = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, 1, kernel), (1, 1, 1, 1),
-                                       pad) / kernel
-    else:
-        pooled = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 1, kernel),
-                                       (1, 1, 1, 1), pad)
-    return jnp.put_along_axis(jnp.zeros_like(pooled), order, pooled, axis=-1, inplace=False)
+    order = jnp.argsort(jnp.where(member_BHN, pos_BHN, -1), axis=-1)  # non-members first
+    undo = jnp.argsort(order, axis=-1)
+    x = jnp.take_along_axis(jnp.where(member_BHN[:, :, None], score_BHGN, fill),
+                            jnp.broadcast_to(order[:, :, None], score_BHGN.shape), axis=-1)
+    r, n = kernel // 2, x.shape[-1]
+    x = jnp.pad(x, ((0, 0),) * 3 + ((r, r),), constant_values=fill)
+    shifted = [x[..., i: i + n] for i in range(kernel)]
+    pooled = sum(shifted) / kernel if pooling == "avg" else functools.reduce(jnp.maximum, shifted)
+    return jnp.take_along_axis(pooled, jnp.broadcast_to(undo[:, :, None], pooled.shape), axis=-1)
