@@ -24,12 +24,15 @@ otherwise widens it per channel to at least twice its width, re-rounding its old
 stay within ``scale`` of the truth (``scale / 2`` in groups quantized once, as under ``Dense``),
 values always within ``scale / 2``. Moved tokens are re-quantized from their dequantized values.
 Contract asked of the wrapped policy: its state is a plain ``KVState``, a token occupies at most
-one slot per head, and ``observe`` changes only ``score``.
+one slot per head, and ``observe`` changes only ``score``. A policy that reads cached keys or
+values to choose (SnapKV re-scoring a cache, KeyNorm, ValueAware) reads the dequantized ones, so
+its choices can differ from its unquantized run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +74,14 @@ class QuantizedKVState:
     @property
     def valid(self) -> jax.Array:
         return self.pos >= 0
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _inner_metadata(inner, batch, num_heads, key_dim, dtype, value_dim):
+    """The wrapped policy's initial ``pos``/``score``/``seen``; its full-precision keys and
+    values are never allocated (dead code for the compiler)."""
+    kv = inner.init(batch, num_heads, key_dim, dtype, value_dim)
+    return kv.pos, kv.score, kv.seen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,11 +140,13 @@ class Quantized(Policy):
             if (d * self.bits) % 8:
                 raise ValueError(f"{name}={d} must be a multiple of {8 // self.bits} "
                                  f"({self.bits}-bit codes are packed into bytes)")
-        kv = self.inner.init(batch, num_heads, key_dim, dtype, value_dim)
-        if type(kv) is not KVState:
-            raise ValueError(f"{type(self.inner).__name__} keeps a {type(kv).__name__}; "
+        args = (self.inner, batch, num_heads, key_dim, jnp.dtype(dtype), value_dim)
+        kind = type(jax.eval_shape(lambda: self.inner.init(*args[1:])))
+        if kind is not KVState:
+            raise ValueError(f"{type(self.inner).__name__} keeps a {kind.__name__}; "
                              "quantized storage needs a policy whose state is a plain KVState")
-        b, h, c = kv.pos.shape
+        pos, score, seen = _inner_metadata(*args)
+        b, h, c = pos.shape
         sdt, nb, n = jnp.dtype(self.scale_dtype), -(-c // self.group), self.keep_sinks
 
         def zeros(*shape, dt=sdt):
@@ -149,7 +162,7 @@ class Quantized(Policy):
             sink_pos=jnp.full((b, n), -1, jnp.int32),
             sink_score=jnp.full((b, n), -jnp.inf, jnp.float32),
             sink_keys=zeros(n, key_dim, dt=dtype), sink_values=zeros(n, value_dim, dt=dtype),
-            pos=kv.pos, score=kv.score, seen=kv.seen)
+            pos=pos, score=score, seen=seen)
 
     def view(self, state: QuantizedKVState):
         return self.inner.view(self.materialise(state))

@@ -9,12 +9,18 @@ A sink set holds the ``N`` best-scored tokens seen so far, per batch row (shared
   stable outlier channels of an early layer (the caller picks the layer and channels);
 * :func:`mass_score` — a per-layer stand-in when no hidden state reaches the cache: the
   attention a token receives per query that can see it (the sink definition itself).
+
+:class:`WithSinkScore` hands a score computed outside the model to ``prefill``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+from lcache.cache.base import Policy
 
 
 def first_n_score(pos_BT, n: int):
@@ -64,3 +70,43 @@ def is_sink(pos_BHC, sink_pos_BN):
     """``(mask [B, H, C], index [B, H, C])``: slot holds a sink token, and which entry."""
     match = (pos_BHC[..., None] == sink_pos_BN[:, None, None, :]) & (pos_BHC[..., None] >= 0)
     return match.any(-1), jnp.argmax(match, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WithSinkScore(Policy):
+    """``policy`` whose ``prefill`` receives ``sink_score [B, T]`` for one chunk: the bridge for
+    a model whose attention does not hand a score over (e.g. KVSink's hidden-state outlier score
+    from a first pass over the prompt). It holds an array, so build it inside ``jit`` around one
+    ``prefill`` call; it hashes by identity and is never a static argument."""
+
+    policy: Policy
+    sink_score: jax.Array
+
+    @property
+    def rope_mode(self) -> str:
+        return self.policy.rope_mode
+
+    @property
+    def capacity(self) -> int:
+        return self.policy.capacity
+
+    def cache_heads(self, num_kv_heads: int, num_q_heads: int) -> int:
+        return self.policy.cache_heads(num_kv_heads, num_q_heads)
+
+    def init(self, *args, **kw):
+        return self.policy.init(*args, **kw)
+
+    def view(self, state):
+        return self.policy.view(state)
+
+    def visible(self, q_pos, k_pos):
+        return self.policy.visible(q_pos, k_pos)
+
+    def prefill(self, state, keys, values, pos, **kw):
+        return self.policy.prefill(state, keys, values, pos, sink_score=self.sink_score, **kw)
+
+    def append(self, state, key, value, pos):
+        return self.policy.append(state, key, value, pos)
+
+    def observe(self, state, slot_probs):
+        return self.policy.observe(state, slot_probs)
