@@ -19,11 +19,16 @@ from lcache.data import load_tokenizer
 from lcache.model import ModelConfig, Transformer
 
 
+def _flat(params) -> dict:
+    """``nnx.State`` -> ``{"blocks.0.attn.q.kernel": leaf}`` in tree order."""
+    flat = jax.tree_util.tree_flatten_with_path(params.to_pure_dict())[0]
+    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): v
+            for path, v in flat}
+
+
 def flatten_params(params) -> dict[str, np.ndarray]:
     """``nnx.State`` -> ``{"blocks.0.attn.q.kernel": array}``."""
-    flat = jax.tree_util.tree_flatten_with_path(params.to_pure_dict())[0]
-    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-            for path, v in flat}
+    return {name: np.asarray(v) for name, v in _flat(params).items()}
 
 
 def save_model(directory: str, model: Transformer, tokenizer=None, meta: dict | None = None,
@@ -50,9 +55,10 @@ def load_model(directory: str, dtype=jnp.float32, **overrides):
     with open(cfg_path) as f:
         raw = json.load(f)
     cfg = ModelConfig(**{**raw["model"], **overrides})
-    model = Transformer(cfg, nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    expected = flatten_params(params)
+    # abstract init: shapes only, the weights come from the file
+    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))),
+                                       nnx.Param, ...)
+    expected = _flat(params)
     loaded = load_file(os.path.join(directory, "params.safetensors"))
     missing, extra = expected.keys() - loaded.keys(), loaded.keys() - expected.keys()
     if missing or extra:
@@ -62,12 +68,9 @@ def load_model(directory: str, dtype=jnp.float32, **overrides):
         if loaded[name].shape != ref.shape:
             raise ValueError(f"checkpoint {directory!r}: {name} has shape {loaded[name].shape}, "
                              f"config expects {ref.shape}")
-    pure = params.to_pure_dict()
-    leaves_with_path = jax.tree_util.tree_flatten_with_path(pure)
-    names = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-             for path, _ in leaves_with_path[0]]
+    treedef = jax.tree_util.tree_structure(params.to_pure_dict())
     new = jax.tree_util.tree_unflatten(
-        leaves_with_path[1], [jnp.asarray(loaded[n], dtype=dtype) for n in names])
+        treedef, [jnp.asarray(loaded[n], dtype=dtype) for n in expected])
     nnx.replace_by_pure_dict(params, new)
     model = nnx.merge(graphdef, params, rest)
     tokenizer = None
