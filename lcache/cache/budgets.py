@@ -73,8 +73,10 @@ def pyramid(budget: int | Budget, num_layers: int, prompt_len: int, window: int 
     mean is the uniform budget (algorithms.md §4).
 
     ``rounding='factory'`` is KVCache-Factory ``PyramidKVCluster`` with ``budget`` tokens
-    including the window: integer steps, no compression if the prompt is shorter than the budget,
-    a uniform budget if shorter than ``2 * (budget - window)``. ``rounding='kvpress'`` is kvpress
+    including the window: integer steps ``(max - min) // (L - 1)`` (so the last layer can get a
+    few more than the paper's ``k_total / (beta L)``: 25, not 14, for 32 layers at 128), no
+    compression if the prompt is shorter than the budget, a uniform budget if shorter than
+    ``2 * (budget - window)``. ``rounding='kvpress'`` is kvpress
     0.5.5 ``PyramidKVPress.get_layer_budget``: float arithmetic on ``k = T * (1 - ratio)``, Python
     ``round``, a uniform ``max(1, round(k))`` when the schedule is infeasible.
     """
@@ -122,12 +124,13 @@ def dynamic(probe_states: Sequence, budget: int, window: int = 8,
     stores each token's pooled vote in ``state.score``); (2) ``dynamic(probe_caches, budget)``
     gives capacities for ``per_layer(SnapKV...)`` and the prompt is prefilled again.
 
-    Rule (DreamMr/DynamicKV ``DynamicKVClusterV11``, one global reallocation after all layers,
-    which is where the reference enforces the total): with ``base = budget - window`` and
-    ``B_max = min(r_max * base, T - window)``, each head offers its ``B_max`` best prefix scores;
-    the global top ``base * heads * layers`` (over the batch too) are counted per layer; layer
-    ``l`` gets ``count_l / (batch * heads)`` tokens plus the window, rounded by largest
-    remainder so the total stays ``budget * layers``.
+    Rule (algorithms.md §5a, after DreamMr/DynamicKV ``DynamicKVClusterV11``; one global
+    reallocation after all layers, where the reference enforces the total): with
+    ``base = budget - window`` and ``B_max = min(r_max * base, T - window)``, each head offers
+    its ``B_max`` best prefix scores; the global top ``base * heads * layers`` (over the batch
+    too) are counted per layer; layer ``l`` gets ``count_l / (batch * heads)`` tokens plus the
+    window, rounded by largest remainder so the total stays ``budget * layers``. Runs on the
+    host (capacities are static shapes).
     """
     base = budget - window
     if base < 1:

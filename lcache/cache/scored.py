@@ -88,7 +88,6 @@ class ScoredPolicy(Policy):
         return evict(state, keep_top(pri, keep) | ~rows_B[:, None, None])
 
 
-
 def accumulate(state: KVState, slot_probs_BHC) -> KVState:
     """Add a decode step's attention to the stored scores (H2O's heavy-hitter sum)."""
     return dataclasses.replace(state, score=state.score + jnp.where(state.valid, slot_probs_BHC, 0))

@@ -1,0 +1,62 @@
+"""Config of the cache-policy cost benchmark (``experiments/bench_policies.py``).
+
+    python -m experiments.bench_policies --config=configs/bench_policies.py:smoke \
+        --workdir=runs/bench_policies_smoke
+    python -m experiments.bench_policies --config=configs/bench_policies.py:default \
+        --workdir=runs/bench_policies
+    python -m experiments.bench_policies --config=configs/bench_policies.py:default,budget=512 \
+        --config.policies=dense,streaming,snapkv --workdir=runs/bench_512
+
+Variants:
+  smoke    a 2-layer toy model, 64-token prompt, budget 32, eight representative policies
+           (CPU, under a minute: each policy compiles a prefill, a decode and an update scan);
+  default  a 4-layer, 1024-wide bf16 model (16 query / 8 KV heads of 64), 4096-token prompt,
+           batch 8, budget 1024 (an accelerator).
+Args after the variant: budget=<tokens kept per layer and head>, steps=<timed decode steps>,
+prompt=<prompt tokens>, batch=<rows>. ``policies`` is a comma-separated list of: dense, window,
+streaming, h2o, value, snapkv, pyramid, dynamic, tova, knorm, random, recompress.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+POLICIES = {
+    "smoke": "dense,streaming,h2o,snapkv,pyramid,dynamic,tova,recompress",
+    "default": "dense,window,streaming,h2o,value,snapkv,pyramid,dynamic,tova,knorm,random,"
+               "recompress",
+}
+MODELS = {
+    "smoke": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
+                  compute_dtype="float32"),
+    "default": dict(dim=1024, num_layers=4, num_heads=16, num_kv_heads=8, ffn_dim=2816,
+                    compute_dtype="bfloat16"),
+}
+RUN = {
+    "smoke": dict(budget=32, steps=16, prompt=64, batch=2, repeats=3),
+    "default": dict(budget=1024, steps=64, prompt=4096, batch=8, repeats=5),
+}
+
+
+def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
+    a = parse_arg(arg, variant="smoke", budget=0, steps=0, prompt=0, batch=0)
+    v = a["variant"]
+    if v not in MODELS:
+        raise ValueError(f"unknown bench_policies variant {v!r}; expected one of {sorted(MODELS)}")
+    run = {k: a.get(k) or default for k, default in RUN[v].items()}
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(vocab_size=256, max_seq_len=run["prompt"],
+                                             **MODELS[v]))
+    c.policies = POLICIES[v]
+    c.budget = run["budget"]  # tokens per layer and head (window / sinks included)
+    c.prompt_len = run["prompt"]
+    c.decode_steps = run["steps"]  # timed decode steps; every decode cache has room for them
+    c.batch = run["batch"]
+    c.repeats = run["repeats"]  # timings are the median over repeats
+    c.num_sinks = 4  # StreamingLLM
+    c.snap_window = 8  # SnapKV / PyramidKV / DynamicKV observation window (KVCache-Factory)
+    c.snap_kernel = 7
+    c.snap_pooling = "max"
+    c.recompress_interval = 16  # Recompress(SnapKV): re-select every this many decode steps
+    c.seed = 0
+    return c
