@@ -1,6 +1,7 @@
 """Layouts the model or the devices cannot take fail with a clear error before any compile."""
 
 import pytest
+from flax import nnx
 
 from lcache.cache import Dense
 from lcache.model import Transformer
@@ -33,12 +34,6 @@ def test_mesh_larger_than_devices():
 
 
 def test_pallas_kernel_on_mesh_is_refused(model):
-    kernel_model = Transformer(model.cfg.replace(attention_impl="pallas"), _rngs())
+    kernel_model = Transformer(model.cfg.replace(attention_impl="pallas"), nnx.Rngs(0))
     with pytest.raises(ValueError, match="cannot partition"):
         Generator(kernel_model, Dense(32), SAMPLING, MeshLayout(make_mesh(2, 1)))
-
-
-def _rngs():
-    from flax import nnx
-
-    return nnx.Rngs(0)
