@@ -2,6 +2,12 @@
 
 ``impl``: 'xla' always uses the ``jnp`` path; 'pallas' uses the Pallas decode kernel (softmax
 only; other variants raise); 'auto' uses the kernel on GPU/TPU for softmax and ``jnp`` otherwise.
+
+Quantized caches: given the ``Quantized`` policy and its ``QuantizedKVState`` (``state=``,
+``policy=``), the kernel paths attend the KIVI codes, the full-precision sinks and the residual
+ring directly (``pallas_kernels.quant_decode``: dequantized in-kernel, merged by log-sum-exp);
+the view is then read only for its validity (and the dequantized keys/values it holds are dead
+code under ``jit``). Views with ``keys_rotated=False`` keep the dequantized-view path.
 """
 
 from __future__ import annotations
@@ -10,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from lcache.attention.core import grouped_attention
-from lcache.cache import CacheView
-from lcache.model.rope import apply_rope
+from lcache.cache import CacheView, Quantized, QuantizedKVState
+from lcache.cache import sinks as sk
 
 
 def _use_kernel(impl: str, variant: str) -> bool:
@@ -24,21 +30,28 @@ def _use_kernel(impl: str, variant: str) -> bool:
 
 
 def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", sink_logit=None,
-                     sigmoid_bias=0.0, impl="xla"):
+                     sigmoid_bias=0.0, impl="xla", state=None, policy=None):
     """Returns ``out [B, Hq, Dv]`` and ``slot_probs [B, H, C]`` (weights summed over the group).
 
     ``q`` is already rotated. Keys of a view with ``keys_rotated=False`` are rotated with
-    ``view.rope_pos`` (inside the kernel on the Pallas path).
+    ``view.rope_pos`` (inside the kernel on the Pallas path). ``state``/``policy`` (optional):
+    the cache state and policy the view came from; a ``Quantized`` one takes the quantized
+    kernel on the Pallas paths.
     """
     b, hq, d = q_BHqD.shape
     h = view.keys.shape[1]
     if _use_kernel(impl, variant):
+        kimpl = "auto" if impl == "auto" else "pallas"
+        if isinstance(policy, Quantized) and view.keys_rotated:
+            return quantized_decode(q_BHqD, view, state, policy, impl=kimpl)
         from pallas_kernels.decode import decode_attention
 
         rope_pos = None if view.keys_rotated else view.rope_pos
         return decode_attention(q_BHqD, view.keys, view.values, view.valid, rope_pos=rope_pos,
                                 inv_freq=None if rope_pos is None else inv_freq,
-                                return_slot_probs=True, impl="pallas")
+                                return_slot_probs=True, impl=kimpl)
+    from lcache.model.rope import apply_rope  # here: lcache.model imports this module
+
     keys = view.keys if view.keys_rotated else apply_rope(view.keys, view.rope_pos, inv_freq)
     q = q_BHqD.reshape(b, h, hq // h, 1, d)
     mask = view.valid[:, :, None, None, :]
@@ -47,3 +60,65 @@ def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", si
                                    variant=variant, sink_logit_HG=sink,
                                    sigmoid_bias=sigmoid_bias)
     return out.reshape(b, hq, -1), probs.astype(jnp.float32)
+
+
+def _scatter_any(index_BHC, mask_BHC, size):
+    """``[B, H, size]`` bool: entry ``i`` is hit by some slot with ``mask`` and ``index == i``."""
+
+    def row(idx, m):
+        return jnp.zeros((size,), jnp.int8).at[idx].max(m.astype(jnp.int8), mode="drop")
+
+    return jax.vmap(jax.vmap(row))(index_BHC, mask_BHC) > 0
+
+
+def quantized_inputs(view: CacheView, state: QuantizedKVState, policy: Quantized):
+    """Splits a quantized cache into kernel inputs.
+
+    Returns ``(codes, segments, to_slots)``: ``QuantCodes`` over the slots served by codes,
+    ``Segment``s for the sinks and the residual ring (their validity scattered from the slots
+    that hold them, so evictions and ``view.valid`` windows carry over), and
+    ``to_slots(code_probs, seg_probs) -> [B, H, C]``, gathering probabilities back onto slots.
+    """
+    from pallas_kernels.quant_decode import QuantCodes, Segment
+
+    pos, valid = state.pos, view.valid
+    none = jnp.zeros(pos.shape, jnp.bool_)
+    sink, sink_idx = (sk.is_sink(pos, state.sink_pos) if policy.keep_sinks else (none, None))
+    recent = none
+    if policy.residual:
+        recent = (pos >= policy.flush_point(state.seen)[:, None, None]) & ~sink
+    ring_idx = jnp.where(pos >= 0, pos % max(policy.residual, 1), 0)
+    codes = QuantCodes(state.k_codes, state.k_scale, state.k_zero, state.v_codes, state.v_scale,
+                       state.v_zero, valid & ~sink & ~recent)
+    segments, gathers = [], []
+    if policy.keep_sinks:
+        n = policy.keep_sinks
+        segments.append(Segment(state.sink_keys, state.sink_values,
+                                _scatter_any(sink_idx, valid & sink, n)))
+        gathers.append((sink_idx, valid & sink))
+    if policy.residual:
+        segments.append(Segment(state.ring_keys, state.ring_values,
+                                _scatter_any(ring_idx, valid & recent, policy.residual)))
+        gathers.append((ring_idx, valid & recent))
+
+    def to_slots(code_probs, seg_probs):
+        out = code_probs
+        for (idx, m), p in zip(gathers, seg_probs, strict=True):
+            out = out + jnp.where(m, jnp.take_along_axis(p, idx, axis=2), 0.0)
+        return out
+
+    return codes, tuple(segments), to_slots
+
+
+def quantized_decode(q_BHqD, view: CacheView, state: QuantizedKVState, policy: Quantized, *,
+                     impl="pallas"):
+    """``(out [B, Hq, Dv], slot_probs [B, H, C])`` of one decode step over a quantized cache
+    (keys stored rotated), with the codes dequantized inside the kernel."""
+    from pallas_kernels.quant_decode import quant_decode_attention
+
+    if not isinstance(state, QuantizedKVState):
+        raise ValueError(f"policy {policy!r} needs its QuantizedKVState, got {type(state)}")
+    codes, segments, to_slots = quantized_inputs(view, state, policy)
+    out, (code_probs, seg_probs) = quant_decode_attention(q_BHqD, codes, segments,
+                                                          return_slot_probs=True, impl=impl)
+    return out, to_slots(code_probs, seg_probs)

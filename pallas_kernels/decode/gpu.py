@@ -77,16 +77,48 @@ def num_sms():
         else DEFAULT_NUM_SMS
 
 
-def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=2, max_splits=64):
-    """Splits minimising ``waves * (blocks per split + fixed cost)``, a one-CTA-per-SM model.
+# Streaming rate of one SM with k resident programs, as a fraction of its share of the chip's
+# bandwidth. H200 decode, jax 0.11.2 (docs/bench/decode_bench_h200.json): 128 programs on 132
+# SMs (one each) streamed at 2.9 TB/s, 256 programs (two per SM) at 4.25 TB/s.
+SM_RATE = (0.70, 0.95, 1.0)
+SMEM_BYTES = 227 << 10  # per SM, H100/H200
 
-    ``heads = B * Hkv`` programs per split; ``overhead_blocks`` is the fixed cost of a program
-    (launch, q load, pipeline fill, partial write) in units of one KV block.
+
+def occupancy(tile_bytes, num_stages=2, max_programs=4):
+    """Programs resident per SM, bounded by shared memory: Triton keeps ``num_stages - 1``
+    prefetched tiles plus layout-conversion buffers (jax 0.11.2 IR compiled by triton 3.6 for
+    sm_90: 104 KB at 64 KB of K+V per block, i.e. 2 programs per SM)."""
+    smem = int(1.6 * max(1, num_stages - 1) * tile_bytes) + (4 << 10)
+    return max(1, min(max_programs, SMEM_BYTES // smem))
+
+
+def split_cost(heads, nblocks, splits, sms=DEFAULT_NUM_SMS, occ=2, overhead_blocks=2.0,
+               partial_blocks=0.25):
+    """Modelled time, in KV-block streaming times of one SM, of ``splits`` splits.
+
+    ``heads * splits`` programs spread over ``sms``; the busiest SM runs ``ceil(P / sms)``
+    programs of ``nb + overhead_blocks`` blocks at ``SM_RATE[min(that, occ)]``; each program's
+    partial output (written, then read by the merge) costs ``partial_blocks`` blocks.
+    """
+    nb = _cdiv(nblocks, splits)
+    programs = heads * _cdiv(nblocks, nb)
+    per_sm = _cdiv(programs, sms)
+    rate = SM_RATE[min(per_sm, occ, len(SM_RATE)) - 1]
+    return per_sm * (nb + overhead_blocks) / rate + partial_blocks * programs / sms
+
+
+def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=2.0, max_splits=64,
+                    occ=2, partial_blocks=0.25):
+    """The split count minimising ``split_cost`` (ties: fewer splits).
+
+    ``heads = B * Hkv`` programs per split. The model wants >= 2 resident programs per SM
+    (e.g. B=8, Hkv=8 at 32K: 4 splits rather than 2) and no partial last wave; bench sweeps of
+    ``num_splits`` (``experiments/bench_kernels.py``) are the data to re-fit ``SM_RATE`` with.
     """
     best, best_cost = 1, None
     for s in range(1, min(nblocks, max_splits) + 1):
-        cost = _cdiv(heads * s, sms) * (_cdiv(nblocks, s) + overhead_blocks)
-        if best_cost is None or cost < best_cost:
+        cost = split_cost(heads, nblocks, s, sms, occ, overhead_blocks, partial_blocks)
+        if best_cost is None or cost < best_cost * (1 - 1e-6):
             best, best_cost = s, cost
     return best
 
@@ -100,11 +132,14 @@ def default_block_k(d, dv, c, itemsize=2, stage_bytes=64 << 10):
     return min(bk, max(16, _next_pow2(c)))
 
 
-def plan(heads, c, d, dv, block_k=None, num_splits=None, itemsize=2):
+def plan(heads, c, d, dv, block_k=None, num_splits=None, itemsize=2, gp=16, num_stages=2):
     """``(block_k, num_splits, blocks per split)`` for ``heads = B*Hkv`` and capacity ``C``."""
     bk = block_k or default_block_k(d, dv, c, itemsize)
     nblocks = _cdiv(c, bk)
-    splits = num_splits or auto_num_splits(heads, nblocks, num_sms())
+    tile = bk * (d + dv) * itemsize
+    splits = num_splits or auto_num_splits(
+        heads, nblocks, num_sms(), occ=occupancy(tile, num_stages),
+        partial_blocks=2 * gp * (dv + 2) * 4 / tile)
     nb = _cdiv(nblocks, max(1, min(splits, nblocks)))
     return bk, _cdiv(nblocks, nb), nb  # recomputed split count: no empty split
 
@@ -191,11 +226,11 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
     if reason:
         raise ValueError(f"decode_attention_gpu: {reason}")
     scale = default_scale(scale, d)
+    gp = max(min_block_h, _next_pow2(g))
     bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits,
-                          max(keys.dtype.itemsize, values.dtype.itemsize))
+                          max(keys.dtype.itemsize, values.dtype.itemsize), gp, num_stages)
     cb = nb * bk
     c_pad = splits * cb
-    gp = max(min_block_h, _next_pow2(g))
 
     q4 = jnp.pad(q.reshape(b, hkv, g, d), ((0, 0), (0, 0), (0, gp - g), (0, 0)))
     valid8 = jnp.pad(valid.astype(jnp.int8), ((0, 0), (0, 0), (0, c_pad - c)))

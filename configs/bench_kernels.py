@@ -1,0 +1,62 @@
+"""Kernel benchmark (``experiments/bench_kernels.py``): decode bf16 / quantized / MLA, prefill.
+
+    python -m experiments.bench_kernels --config=configs/bench_kernels.py:smoke --workdir=DIR
+    python -m experiments.bench_kernels --config=configs/bench_kernels.py:default --workdir=DIR
+
+Variants: smoke (CPU, interpreted kernels, tiny shapes, < 1 min), default (one GPU: B in
+{1, 8, 32} x context in {4K, 32K, 128K}, 32 q / 8 kv heads, D=128; < 4 min on an H200).
+Args after the variant: ops=<decode+quant+mla+prefill subset, '+'-separated>, sweep=<bool>.
+Anything else: --config.key=value.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+OPS = ("decode", "quant", "mla", "prefill")
+
+
+def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
+    a = parse_arg(arg, variant="smoke", ops="+".join(OPS), sweep=True)
+    v = a["variant"]
+    if v not in ("smoke", "default"):
+        raise ValueError(f"unknown bench variant {v!r}; expected smoke or default")
+    ops = tuple(o for o in a["ops"].split("+") if o)
+    if set(ops) - set(OPS):
+        raise ValueError(f"unknown ops {sorted(set(ops) - set(OPS))}; expected a subset of {OPS}")
+    smoke = v == "smoke"
+    c = ml_collections.ConfigDict()
+    c.ops = ops
+    c.interpret = smoke  # Pallas kernels interpreted (CPU)
+    c.batches = (2,) if smoke else (1, 8, 32)
+    c.contexts = (200,) if smoke else (4096, 32768, 131072)
+    c.hq, c.hkv, c.d = (4, 2, 64) if smoke else (32, 8, 128)
+    c.dtype = "float32" if smoke else "bfloat16"
+    c.iters = 1 if smoke else 5  # timed runs per measurement (median)
+    c.calls = 1 if smoke else 8  # kernel calls per executable (distinct queries)
+    c.copy_bytes = (16 << 20) if smoke else (4 << 30)
+    c.mem_fraction = 0.8  # of the device's memory a shape may use; larger ones are skipped
+    c.time_budget_s = 1e9 if smoke else 190.0  # sweeps stop once the run is this old
+    c.xla_max_tokens = 512 if smoke else 32768  # XLA references only up to this B * context
+    c.sweep_shape = (2, 200) if smoke else (8, 32768)  # quant / MLA variants are swept here
+    # sweeps (sweep=True), after all main rows: bf16 decode num_splits = auto x factor at every
+    # shape (worst pallas/cudnn ratio first), quant/MLA variants at sweep_shape, prefill blocks
+    c.sweep = a["sweep"]
+    c.split_factors = (0.5,) if smoke else (0.25, 0.5, 2.0, 4.0)
+    # quantized decode: KIVI bits; group, residual ring and sinks as lcache's defaults
+    c.quant_bits = (4,) if smoke else (8, 4, 2)
+    c.quant_variants = ((32, 4),) if smoke else ((32, 4), (64, 8), (128, 4))  # (block_k, warps)
+    c.quant_group = 32
+    c.quant_residual = 32 if smoke else 128
+    c.quant_sinks = 4
+    # MLA absorbed decode (DeepSeek-V3 latent sizes)
+    c.mla_heads = (4,) if smoke else (16, 128)
+    c.mla_dc, c.mla_dr = (64, 16) if smoke else (512, 64)
+    c.mla_block_h = () if smoke else (16, 64)  # swept at sweep_shape (default: 32)
+    # prefill (causal, GQA) with SnapKV observation scores; shapes capped by FLOPs
+    c.prefill_shapes = ((1, 64),) if smoke else ((1, 4096), (8, 4096), (1, 32768), (2, 32768))
+    c.prefill_sweep = (1, 32768)  # the shape where prefill_blocks are swept
+    c.prefill_window = 8 if smoke else 32
+    c.prefill_blocks = ((32, 16, 4, 2),) if smoke else (
+        (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3))
+    return c

@@ -1,0 +1,445 @@
+"""Kernel benchmark: decode (bf16, quantized, MLA) and prefill, against cuDNN, XLA and a copy.
+
+    python -m experiments.bench_kernels --config=configs/bench_kernels.py:default --workdir=DIR
+
+One run measures the copy ceiling (``jnp.copy`` of a large buffer, bytes read + written) and then,
+per shape, the median device time of each implementation, and writes ``DIR/bench_kernels.csv``:
+``op,impl,batch,context,bits,time_us,gbps,frac_copy_bw,ratio_vs_cudnn``, where ``gbps`` counts
+the bytes an op must move (cache read once, queries, outputs), ``frac_copy_bw = gbps / copy`` and
+``ratio_vs_cudnn = t_cudnn / t`` (> 1: faster than cuDNN; quantized and bf16 decode both against
+bf16 cuDNN decode at the same batch and context; prefill against cuDNN prefill, so it is also
+the TFLOP/s ratio). Impl tags: ``pallas`` is the default plan; ``pallas[S=4]``, ``pallas[bh=16]``
+... are sweep points. Ops: ``decode``, ``quant_decode`` (bits 8/4/2, with 4 sinks and a
+128-token residual ring in bf16), ``mla_decode_h{heads}``, ``prefill`` (with SnapKV scores).
+
+Timing: ``calls`` kernel calls with distinct queries inside one jitted executable (each behind an
+``optimization_barrier``, so nothing is shared or hoisted), ``iters`` timed runs, median / calls:
+device time without per-call host dispatch. Shapes needing more than ``mem_fraction`` of the
+device memory are skipped with a logged note. A correctness check of every kernel against its
+reference on small shapes runs first (``check`` lines).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from jax import lax
+from ml_collections import config_flags
+
+from pallas_kernels.decode import decode_attention
+from pallas_kernels.decode import gpu as dgpu
+from pallas_kernels.mla_decode import mla_decode_attention
+from pallas_kernels.prefill import prefill_attention
+from pallas_kernels.quant_decode import QuantCodes, Segment, quant_decode_attention
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_kernels.py:smoke")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/bench_kernels", "output directory")
+COLUMNS = ("op", "impl", "batch", "context", "bits", "time_us", "gbps", "frac_copy_bw",
+           "ratio_vs_cudnn")
+
+
+def device_time(fn, args, calls, iters, fast_compile=False, min_run_s=3e-3):
+    """Median seconds per call of ``fn(*args)``.
+
+    ``calls`` calls (query ``args[0]`` scaled per call, all inputs behind an optimization
+    barrier) in one executable; each measurement launches it ``reps`` times back to back (async
+    dispatch keeps the device busy; ``reps`` makes a measurement last >= ``min_run_s``);
+    ``iters`` measurements after a warm-up. ``fast_compile``: XLA backend optimisations off
+    (CPU smoke runs: interpreted kernels compile 2x faster; timings there are meaningless).
+    """
+    q, rest = args[0], args[1:]
+
+    def looped(q, *rest):
+        outs = []
+        for i in range(calls):
+            qi, ri = lax.optimization_barrier((q * (1.0 + i / 64), rest))
+            outs.append(fn(qi, *ri))
+        return outs
+
+    run = jax.jit(looped)
+    if fast_compile:
+        run = run.lower(q, *rest).compile(compiler_options={"xla_backend_optimization_level": 0})
+    jax.block_until_ready(run(q, *rest))
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(q, *rest))
+    reps = int(min(50, max(1, min_run_s / (time.perf_counter() - t0))))
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = run(q, *rest)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / (reps * calls))
+    return statistics.median(times)
+
+
+def copy_gbps(nbytes, iters, calls=4):
+    """Copy ceiling in GB/s: ``x + i`` (one fused read + write pass each) over a large buffer."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    run = jax.jit(lambda x: [x + i for i in range(calls)])
+    jax.block_until_ready(run(x))
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(x))
+        times.append((time.perf_counter() - t0) / calls)
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def nbytes(*xs):
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(xs))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def fake(seed, shape, dtype):
+    """Cheap device-side pseudo-random data (an integer hash of the index; compiles in ms, unlike
+    ``jax.random`` at these sizes): uint8 bytes, or floats uniform in [-1, 1)."""
+    x = jnp.uint32(seed) * jnp.uint32(0x9E3779B9)
+    for i in range(len(shape)):
+        x = x + lax.broadcasted_iota(jnp.uint32, shape, i) * jnp.uint32(
+            (0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1, 0xD3A2646C)[i % 5])
+    x = (x ^ (x >> 15)) * jnp.uint32(0x2C1B3C6D)
+    x = x ^ (x >> 12)
+    if jnp.dtype(dtype) == jnp.uint8:
+        return (x >> 8).astype(jnp.uint8)
+    return ((x >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0).astype(dtype)
+
+
+
+class Bench:
+    """Runs measurements, prints one line per row and collects the CSV rows."""
+
+    def __init__(self, c, t_start):
+        self.c, self.t_start = c, t_start
+        self.dtype = jnp.dtype(c.dtype)
+        self.gpu = jax.default_backend() == "gpu"
+        self.rows, self.cudnn = [], {}  # cudnn: (op, B, C) -> seconds
+        dev = jax.devices()[0]
+        stats = dev.memory_stats() or {}
+        self.mem = stats.get("bytes_limit", 0) * c.mem_fraction or float("inf")
+        self.copy = copy_gbps(c.copy_bytes, c.iters)
+        print(f"# {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, copy "
+              f"ceiling {self.copy:.0f} GB/s, memory budget {self.mem / 2**30:.1f} GiB",
+              flush=True)
+        self.rows.append(dict(op="copy", impl="xla_copy", batch=0, context=0, bits=32,
+                              time_us="", gbps=round(self.copy, 1), frac_copy_bw=1.0,
+                              ratio_vs_cudnn=""))
+
+    def fits(self, what, need):
+        if need > self.mem:
+            logging.warning("skip %s: needs ~%.1f GiB > budget %.1f GiB", what, need / 2**30,
+                            self.mem / 2**30)
+            print(f"# skip {what}: needs ~{need / 2**30:.1f} GiB", flush=True)
+            return False
+        return True
+
+    def in_budget(self, what):
+        """Sweeps run only while the run is within ``time_budget_s``."""
+        if time.time() - self.t_start < self.c.time_budget_s:
+            return True
+        print(f"# skip {what}: past the {self.c.time_budget_s:.0f} s time budget", flush=True)
+        return False
+
+    def measure(self, op, impl, b, ctx, bits, fn, args, moved, cudnn=None, flops=None,
+                extra=""):
+        """Times ``fn(*args)``, records a row; returns seconds or None on failure (logged)."""
+        try:
+            t = device_time(fn, args, self.c.calls, self.c.iters, self.c.interpret)
+        except Exception as e:  # noqa: BLE001 - a failing impl is a result, not a crash
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            logging.warning("%s %s B=%d C=%d failed: %s", op, impl, b, ctx, msg)
+            print(f"{op:<15} {impl:<18} B={b:<3} C={ctx:<7} ERROR {msg}", flush=True)
+            return None
+        gbps = moved / t / 1e9
+        t_ref = self.cudnn.get((cudnn, b, ctx))
+        ratio = "" if t_ref is None else round(t_ref / t, 3)
+        self.rows.append(dict(op=op, impl=impl, batch=b, context=ctx, bits=bits,
+                              time_us=round(t * 1e6, 2), gbps=round(gbps, 1),
+                              frac_copy_bw=round(gbps / self.copy, 3), ratio_vs_cudnn=ratio))
+        if flops:
+            extra = f"{flops / t / 1e12:.0f} TFLOP/s {extra}"
+        print(f"{op:<15} {impl:<18} B={b:<3} C={ctx:<7} {bits:>2}b {t * 1e6:10.1f} us "
+              f"{gbps:7.0f} GB/s {100 * gbps / self.copy:5.1f}% copy  "
+              f"x{ratio if ratio != '' else '-':<6} {extra}", flush=True)
+        return t
+
+    def write(self, path):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS)
+            w.writeheader()
+            w.writerows(self.rows)
+
+    # -- bf16 decode -------------------------------------------------------------------------
+    def _decode_inputs(self, b, ctx):
+        c, dt = self.c, self.dtype
+        q = fake(ctx + b, (b, c.hq, c.d), dt)
+        keys = fake(ctx + b + 1, (b, c.hkv, ctx, c.d), dt)
+        values = fake(ctx + b + 2, (b, c.hkv, ctx, c.d), dt)
+        valid = jnp.ones((b, c.hkv, ctx), bool)
+        return (q, keys, values, valid), nbytes(keys, values, q, q)
+
+    def decode(self, b, ctx):
+        """bf16 decode: cudnn, pallas (auto plan), xla."""
+        c = self.c
+        kv = 2 * b * c.hkv * ctx * c.d * self.dtype.itemsize
+        if not self.fits(f"decode B={b} C={ctx}", 3 * kv):
+            return
+        args, moved = self._decode_inputs(b, ctx)
+        q, keys, values, _ = args
+        if self.gpu:
+            kt, vt = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
+            cudnn = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
+                q[:, None], k, v, implementation="cudnn")[:, 0]
+            self.cudnn["decode", b, ctx] = self.measure("decode", "cudnn", b, ctx, 16, cudnn,
+                                                        (q, kt, vt), moved, "decode")
+            del kt, vt
+        auto_s = dgpu.plan(b * c.hkv, ctx, c.d, c.d, itemsize=self.dtype.itemsize)[1]
+        pallas = functools.partial(decode_attention, impl="pallas", interpret=c.interpret)
+        self.measure("decode", "pallas", b, ctx, 16, pallas, args, moved, "decode",
+                     extra=f"S={auto_s}")
+        if self.fits(f"decode xla B={b} C={ctx}", 5 * kv):
+            xla = functools.partial(decode_attention, impl="xla")
+            self.measure("decode", "xla", b, ctx, 16, xla, args, moved, "decode")
+
+    def decode_sweep(self, b, ctx):
+        """The bf16 kernel at ``num_splits = auto * f`` for ``f`` in ``split_factors``."""
+        c, isz = self.c, self.dtype.itemsize
+        bk, auto_s, _ = dgpu.plan(b * c.hkv, ctx, c.d, c.d, itemsize=isz)
+        cands = []
+        for f in c.split_factors:
+            s = dgpu.plan(b * c.hkv, ctx, c.d, c.d, None, max(1, round(auto_s * f)), isz)[1]
+            if s not in cands + [auto_s]:
+                cands.append(s)
+        if not cands or not self.fits(f"decode B={b} C={ctx}", 3 * 2 * b * c.hkv * ctx * c.d
+                                      * isz):
+            return
+        args, moved = self._decode_inputs(b, ctx)
+        for s in cands:
+            if not self.in_budget(f"decode S={s} B={b} C={ctx}"):
+                return
+            fn = functools.partial(decode_attention, impl="pallas", interpret=c.interpret,
+                                   num_splits=s)
+            self.measure("decode", f"pallas[S={s}]", b, ctx, 16, fn, args, moved, "decode")
+
+    # -- quantized decode --------------------------------------------------------------------
+    def _quant_inputs(self, b, ctx, bits):
+        c = self.c
+        codes, segs, q = make_quant(bits + ctx + b, b, c.hkv, c.hq, ctx, c.d, bits,
+                                    c.quant_group, c.quant_residual, c.quant_sinks, self.dtype)
+        moved = nbytes(codes[:6], segs, q, q) + b * c.hkv * ctx  # + 1 byte/slot of validity
+        return (q, codes, segs), moved
+
+    def quant(self, b, ctx):
+        """Quantized decode (codes + sinks + residual ring) for each bit width."""
+        c = self.c
+        for bits in c.quant_bits:
+            if not self.fits(f"quant{bits} B={b} C={ctx}", 3 * b * c.hkv * ctx * c.d * bits // 8):
+                continue
+            args, moved = self._quant_inputs(b, ctx, bits)
+            fn = functools.partial(quant_decode_attention, impl="pallas", interpret=c.interpret)
+            self.measure("quant_decode", "pallas", b, ctx, bits, fn, args, moved, "decode")
+            if bits == c.quant_bits[-1] and b * ctx <= c.xla_max_tokens:
+                fn = functools.partial(quant_decode_attention, impl="xla")
+                self.measure("quant_decode", "xla", b, ctx, bits, fn, args, moved, "decode")
+
+    def quant_sweep(self, b, ctx, bits=4):
+        args, moved = self._quant_inputs(b, ctx, bits)
+        for bk, warps in self.c.quant_variants:
+            if not self.in_budget(f"quant bk={bk} w={warps}"):
+                return
+            fn = functools.partial(_quant_variant, block_k=bk, num_warps=warps,
+                                   interpret=self.c.interpret)
+            self.measure("quant_decode", f"pallas[bk={bk},w={warps}]", b, ctx, bits, fn, args,
+                         moved, "decode")
+
+    # -- MLA ---------------------------------------------------------------------------------
+    def mla(self, b, ctx, block_hs=(None,), heads=None):
+        c, dt = self.c, self.dtype
+        dc, dr = c.mla_dc, c.mla_dr
+        lat_bytes = b * ctx * (dc + dr) * dt.itemsize
+        if not self.fits(f"mla B={b} C={ctx}", 4 * lat_bytes):
+            return
+        latent, k_rope = fake(ctx + b, (b, 1, ctx, dc), dt), fake(ctx + b + 1, (b, 1, ctx, dr), dt)
+        valid = jnp.ones((b, 1, ctx), bool)
+        for hq in heads or c.mla_heads:
+            ql, qr = fake(hq, (b, hq, dc), dt), fake(hq + 1, (b, hq, dr), dt)
+            args = (ql, qr, latent, k_rope, valid)
+            moved = lat_bytes + nbytes(ql, qr, ql) + b * ctx
+            op, flops = f"mla_decode_h{hq}", 2 * b * hq * ctx * (2 * dc + dr)
+            base = functools.partial(mla_decode_attention, scale=1.0 / math.sqrt(128 + dr),
+                                     interpret=c.interpret)
+            for bh in block_hs:
+                if bh is not None and not self.in_budget(f"mla bh={bh}"):
+                    return
+                impl = "pallas" if bh is None else f"pallas[bh={bh}]"
+                self.measure(op, impl, b, ctx, 16, functools.partial(base, impl="pallas",
+                                                                      block_h=bh),
+                             args, moved, flops=flops)
+            if block_hs == (None,) and b * ctx <= c.xla_max_tokens:
+                self.measure(op, "xla", b, ctx, 16, functools.partial(base, impl="xla"), args,
+                             moved, flops=flops)
+
+    # -- prefill -----------------------------------------------------------------------------
+    def prefill(self, b, t, blocks=None):
+        c, dt = self.c, self.dtype
+        q = fake(t + b, (b, c.hq, t, c.d), dt)
+        k, v = fake(t + b + 1, (b, c.hkv, t, c.d), dt), fake(t + b + 2, (b, c.hkv, t, c.d), dt)
+        moved = nbytes(q, k, v, q) + 4 * b * c.hq * t
+        flops = 4 * b * c.hq * c.d * t * t / 2
+        if blocks is None and self.gpu:
+            tr = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+            cudnn = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
+                q, k, v, is_causal=True, implementation="cudnn")
+            self.cudnn["prefill", b, t] = self.measure(
+                "prefill", "cudnn", b, t, 16, cudnn, (tr(q), tr(k), tr(v)), moved, "prefill",
+                flops)
+        for i, (bq, bk, warps, stages) in enumerate(blocks or c.prefill_blocks[:1]):
+            if blocks and not self.in_budget(f"prefill {bq}x{bk}"):
+                return
+            fn = functools.partial(_prefill_variant, obs_window=c.prefill_window, block_q=bq,
+                                   block_k=bk, num_warps=warps, num_stages=stages,
+                                   interpret=c.interpret)
+            impl = "pallas" if blocks is None else f"pallas[{bq}x{bk}w{warps}s{stages}]"
+            self.measure("prefill", impl, b, t, 16, fn, (q, k, v), moved, "prefill", flops,
+                         "(+scores)")
+            del i
+        if blocks is None and c.interpret:
+            fn = functools.partial(prefill_attention, obs_window=c.prefill_window, impl="xla")
+            self.measure("prefill", "xla", b, t, 16, fn, (q, k, v), moved, "prefill", flops)
+
+    def sweeps(self):
+        """Sweep points, worst bf16 decode shapes first, while the time budget lasts."""
+        c = self.c
+        if "decode" in c.ops:
+            def ratio(key):
+                row = next((r for r in self.rows if (r["op"], r["impl"], r["batch"],
+                                                     r["context"]) == ("decode", "pallas", *key)),
+                           None)
+                return row["ratio_vs_cudnn"] if row and row["ratio_vs_cudnn"] != "" else 0.0
+
+            shapes = sorted(((b, x) for b in c.batches for x in c.contexts), key=ratio)
+            for b, x in shapes:
+                self.decode_sweep(b, x)
+        sb, sc = c.sweep_shape
+        if "quant" in c.ops and 4 in c.quant_bits:
+            self.quant_sweep(sb, sc)
+        if "mla" in c.ops and c.mla_block_h:
+            self.mla(sb, sc, block_hs=tuple(c.mla_block_h), heads=(max(c.mla_heads),))
+        if "prefill" in c.ops and len(c.prefill_blocks) > 1:
+            self.prefill(*c.prefill_sweep, blocks=tuple(c.prefill_blocks[1:]))
+
+
+def _quant_variant(q, codes, segs, **kw):
+    from pallas_kernels.quant_decode.gpu import quant_decode_gpu
+
+    return quant_decode_gpu(q, codes, segs, **kw)
+
+
+def _prefill_variant(q, k, v, **kw):
+    from pallas_kernels.prefill.gpu import prefill_attention_gpu
+
+    return prefill_attention_gpu(q, k, v, **kw)
+
+
+def make_quant(seed, b, h, hq, c, d, bits, group, residual, sinks, dtype):
+    """Pseudo-random KIVI codes and grids (all slots valid) plus full sink and ring segments."""
+    per, nb = 8 // bits, -(-c // group)
+    u8 = lambda i, s: fake(seed + i, s, jnp.uint8)  # noqa: E731
+    sc = lambda i, s: ((fake(seed + i, s, jnp.float32) + 2.0) / (2**bits - 1)).astype(  # noqa: E731
+        jnp.bfloat16)
+    codes = QuantCodes(u8(0, (b, h, c, d // per)), sc(1, (b, h, nb, d)), -sc(2, (b, h, nb, d)),
+                       u8(3, (b, h, c, d // per)), sc(4, (b, h, c, d // group)),
+                       -sc(5, (b, h, c, d // group)), jnp.ones((b, h, c), bool))
+    segs = tuple(Segment(fake(seed + 6, (b, h, n, d), dtype), fake(seed + 7, (b, h, n, d), dtype),
+                         jnp.ones((b, h, n), bool)) for n in (sinks, residual) if n)
+    return codes, segs, fake(seed + 8, (b, hq, d), dtype)
+
+
+def check_kernels(c):
+    """Every kernel against its reference on small shapes on this device; returns ok."""
+    dt, ok = jnp.dtype(c.dtype), True
+    hq, hkv, d = c.hq, c.hkv, c.d
+
+    def jit(f):  # interpreted kernels: compile without XLA backend optimisations (2x faster)
+        if not c.interpret:
+            return jax.jit(f)
+        opts = {"xla_backend_optimization_level": 0}
+        return lambda *a: jax.jit(f).lower(*a).compile(compiler_options=opts)(*a)
+
+    def report(name, got, want, tol):
+        nonlocal ok
+        got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+        err = max(float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max())
+                  for a, b in zip(got, want, strict=True))
+        good = err < tol and all(bool(jnp.isfinite(a).all()) for a in got)
+        ok &= good
+        print(f"check {name}: max err {err:.2e} {'ok' if good else 'FAIL'}", flush=True)
+
+    c_small = 1000 if not c.interpret else 100
+    for bits in c.quant_bits[-1:] if c.interpret else c.quant_bits:
+        codes, segs, q = make_quant(bits, 2, hkv, hq, c_small, d, bits, c.quant_group,
+                                    c.quant_residual, c.quant_sinks, dt)
+        codes = codes._replace(valid=fake(bits, codes.valid.shape, jnp.float32) < 0.4)
+        run = jit(functools.partial(quant_decode_attention, impl="pallas",
+                                        interpret=c.interpret, return_slot_probs=True))
+        ref = jax.jit(functools.partial(quant_decode_attention, impl="xla",
+                                        return_slot_probs=True))
+        report(f"quant_decode int{bits}", run(q, codes, segs), ref(q, codes, segs), 5e-2)
+    dc, dr, h = c.mla_dc, c.mla_dr, max(c.mla_heads)
+    args = (fake(0, (2, h, dc), dt), fake(1, (2, h, dr), dt),
+            fake(2, (2, 1, c_small, dc), dt), fake(3, (2, 1, c_small, dr), dt),
+            fake(4, (2, 1, c_small), jnp.float32) < 0.4)
+    run = jit(functools.partial(mla_decode_attention, scale=0.05, impl="pallas",
+                                    interpret=c.interpret, return_slot_probs=True))
+    ref = jax.jit(functools.partial(mla_decode_attention, scale=0.05, impl="xla",
+                                    return_slot_probs=True))
+    report("mla_decode", run(*args), ref(*args), 5e-2)
+    t = 300 if not c.interpret else 40
+    qkv = (fake(0, (1, hq, t, d), dt), fake(1, (1, hkv, t, d), dt),
+           fake(2, (1, hkv, t, d), dt))
+    run = jit(functools.partial(prefill_attention, obs_window=c.prefill_window,
+                                    impl="pallas", interpret=c.interpret))
+    ref = jax.jit(functools.partial(prefill_attention, obs_window=c.prefill_window, impl="xla"))
+    report("prefill+scores", run(*qkv), ref(*qkv), 5e-2)
+    return ok
+
+
+def main(argv):
+    del argv
+    c, workdir = _CONFIG.value, _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    ok = check_kernels(c)
+    bench = Bench(c, t0)
+    path = os.path.join(workdir, "bench_kernels.csv")
+    for b in c.batches:
+        for ctx in c.contexts:
+            if "decode" in c.ops:
+                bench.decode(b, ctx)
+            if "quant" in c.ops:
+                bench.quant(b, ctx)
+            if "mla" in c.ops:
+                bench.mla(b, ctx)
+            bench.write(path)  # rewritten as rows come in
+    if "prefill" in c.ops:
+        for b, t in c.prefill_shapes:
+            bench.prefill(b, t)
+    bench.write(path)
+    if c.sweep:
+        bench.sweeps()
+        bench.write(path)
+    print(f"# wrote {path} ({len(bench.rows)} rows) in {time.time() - t0:.0f} s; kernel checks "
+          f"{'ok' if ok else 'FAILED'}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,150 @@
+"""Split-K MLA absorbed decode: a portable-subset ``pl.pallas_call`` (Triton on GPU).
+
+Grid ``(Hq / block_h, B, S)``: one program per (query-head block, batch row, split). A program
+loads its ``[block_h, dc + dr]`` queries once, streams its split's latent tiles
+``c [block_k, dc]`` and ``k_r [block_k, dr]``, and uses ``c`` twice, as the key
+(``q_latent @ c^T``) and as the value (``p @ c``). The head-block axis is the fastest-varying
+one, so the ``Hq / block_h`` programs reading the same tile run together and all but one read
+it from L2: HBM sees the latent once for all heads. Partials ``(m, den, acc [block_h, dc])``
+are merged over the ``S`` splits by log-sum-exp in ``jnp``.
+
+Cost model: per cached token ``2 * Hq * (2 dc + dr)`` FLOPs for ``2 (dc + dr)`` bytes, i.e.
+about 240 FLOP/byte at Hq=128, dc=512, dr=64: above an H200's bf16 ridge (~206), so with many
+heads the kernel is MMA-bound, not bandwidth-bound; at Hq=16 it is bandwidth-bound.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltr
+
+from pallas_kernels.decode import gpu as dgpu
+from pallas_kernels.mla_decode.reference import check_inputs
+
+NEG = dgpu.NEG
+_NT = (((1,), (1,)), ((), ()))
+
+
+def unsupported_reason(dc, dr, block_h=None, block_k=None):
+    """Why the Triton kernel cannot take these sizes, or None."""
+    if not (dgpu._is_pow2(dc) and dc >= 16 and dgpu._is_pow2(dr) and dr >= 16):
+        return f"latent dims dc={dc}, dr={dr} must be powers of 2 >= 16"
+    for name, v in (("block_h", block_h), ("block_k", block_k)):
+        if v is not None and not (dgpu._is_pow2(v) and v >= 16):
+            return f"{name}={v} must be a power of 2 >= 16"
+    return None
+
+
+def _kernel(ql_ref, qr_ref, c_ref, kr_ref, valid_ref, m_ref, l_ref, acc_ref, *s_ref, nb, bk, c,
+            cb, scale):
+    bh, dc = ql_ref.shape
+    cdt = c_ref.dtype
+    split = pl.program_id(2)
+    ql = ql_ref[...].astype(cdt)
+    qr = qr_ref[...].astype(cdt)
+
+    def body(i, carry):
+        m, den, acc = carry
+        start = pl.multiple_of(i * bk, bk)
+        rows = pl.ds(start, bk)
+        ok = (split * cb + start + lax.broadcasted_iota(jnp.int32, (bk,), 0)) < c
+        vld = (valid_ref[rows] != 0) & ok
+        lat = pltr.load(c_ref.at[rows, :], mask=jnp.broadcast_to(ok[:, None], (bk, dc)),
+                        other=0)
+        kr = pltr.load(kr_ref.at[rows, :],
+                       mask=jnp.broadcast_to(ok[:, None], (bk, kr_ref.shape[1])), other=0)
+        s = (lax.dot_general(ql, lat, _NT, preferred_element_type=jnp.float32)
+             + lax.dot_general(qr, kr.astype(cdt), _NT, preferred_element_type=jnp.float32))
+        s = jnp.where(vld[None, :], s * scale, NEG)  # [bh, bk]
+        if s_ref:
+            s_ref[0][:, rows] = s
+        m_new = jnp.maximum(m, s.max(axis=1))
+        p = jnp.where(vld[None, :], jnp.exp(s - m_new[:, None]), 0.0)
+        alpha = jnp.exp(m - m_new)
+        pv = jnp.dot(p.astype(cdt), lat, preferred_element_type=jnp.float32)
+        return m_new, alpha * den + p.sum(axis=1), alpha[:, None] * acc + pv
+
+    init = (jnp.full((bh,), NEG, jnp.float32), jnp.zeros((bh,), jnp.float32),
+            jnp.zeros((bh, dc), jnp.float32))
+    m, den, acc = lax.fori_loop(0, nb, body, init)
+    m_ref[...] = m
+    l_ref[...] = den
+    acc_ref[...] = acc
+
+
+def default_blocks(hq, dc, dr, itemsize=2):
+    """``(block_h, block_k, num_warps)``: 32-head blocks keep the f32 accumulator
+    ``[block_h, dc]`` at 64 registers/thread with 8 warps; 32-slot tiles of ``c`` are 32 KB."""
+    bh = max(16, min(32, dgpu._next_pow2(hq)))
+    bk = 32 if dc * itemsize >= 1024 else 64
+    return bh, bk, 8 if dc >= 256 else 4
+
+
+def mla_decode_gpu(q_latent, q_rope, latent, k_rope, valid, *, scale, return_slot_probs=False,
+                   block_h=None, block_k=None, num_splits=None, num_warps=None, num_stages=2,
+                   interpret=False):
+    """Same contract as ``mla_decode_reference``.
+
+    Shapes: ``q_latent [B, Hq, dc]``, ``q_rope [B, Hq, dr]``, ``latent [B, 1, C, dc]``,
+    ``k_rope [B, 1, C, dr]``, ``valid [B, 1, C]``. Returns ``out [B, Hq, dc]`` (and
+    ``slot_probs [B, 1, C]``).
+    """
+    b, hq, c, dc, dr = check_inputs(q_latent, q_rope, latent, k_rope, valid)
+    reason = unsupported_reason(dc, dr, block_h, block_k)
+    if reason:
+        raise ValueError(f"mla_decode_gpu: {reason}")
+    dbh, dbk, dwarps = default_blocks(hq, dc, dr, latent.dtype.itemsize)
+    bh, bk = block_h or dbh, block_k or dbk
+    num_warps = num_warps or dwarps
+    nhb = dgpu._cdiv(hq, bh)
+    hp = nhb * bh
+    nblocks = dgpu._cdiv(c, bk)
+    tile = bk * (dc + dr) * latent.dtype.itemsize
+    # A tile is read from HBM once per (b, split), by nhb programs: count programs per tile.
+    splits = num_splits or dgpu.auto_num_splits(
+        b, nblocks, max(1, dgpu.num_sms() // nhb), occ=dgpu.occupancy(tile, num_stages, 2),
+        partial_blocks=2 * hp * (dc + 2) * 4 / tile / nhb)
+    nb = dgpu._cdiv(nblocks, max(1, min(splits, nblocks)))
+    splits = dgpu._cdiv(nblocks, nb)
+    cb = nb * bk
+    c_pad = splits * cb
+
+    pad_h = ((0, 0), (0, hp - hq), (0, 0))
+    args = [jnp.pad(q_latent, pad_h), jnp.pad(q_rope, pad_h), latent[:, 0], k_rope[:, 0],
+            jnp.pad(valid[:, 0].astype(jnp.int8), ((0, 0), (0, c_pad - c)))]
+    in_specs = [pl.BlockSpec((None, bh, dc), lambda h, i, s: (i, h, 0)),
+                pl.BlockSpec((None, bh, dr), lambda h, i, s: (i, h, 0)),
+                pl.BlockSpec((None, cb, dc), lambda h, i, s: (i, s, 0)),
+                pl.BlockSpec((None, cb, dr), lambda h, i, s: (i, s, 0)),
+                pl.BlockSpec((None, cb), lambda h, i, s: (i, s))]
+    f32 = jnp.float32
+    out_shape = [jax.ShapeDtypeStruct((b, splits, hp), f32),
+                 jax.ShapeDtypeStruct((b, splits, hp), f32),
+                 jax.ShapeDtypeStruct((b, splits, hp, dc), f32)]
+    out_specs = [pl.BlockSpec((None, None, bh), lambda h, i, s: (i, s, h)),
+                 pl.BlockSpec((None, None, bh), lambda h, i, s: (i, s, h)),
+                 pl.BlockSpec((None, None, bh, dc), lambda h, i, s: (i, s, h, 0))]
+    if return_slot_probs:
+        out_shape.append(jax.ShapeDtypeStruct((b, hp, c_pad), f32))
+        out_specs.append(pl.BlockSpec((None, bh, cb), lambda h, i, s: (i, h, s)))
+    on_gpu = jax.default_backend() == "gpu" and not interpret
+    kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, scale=float(scale))
+    outs = pl.pallas_call(
+        kernel, grid=(nhb, b, splits), in_specs=in_specs, out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=(pltr.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+                         if on_gpu else None),
+        interpret=interpret, name="lcache_mla_decode",
+    )(*args)
+    m, den, acc = outs[0][..., :hq], outs[1][..., :hq], outs[2][..., :hq, :]
+    out, lse = dgpu.merge_splits(m, den, acc)  # [B, Hq, dc], [B, Hq]
+    out = out.astype(q_latent.dtype)
+    if not return_slot_probs:
+        return out
+    s = outs[3][:, None, :hq, :c]  # [B, 1, Hq, C]
+    return out, dgpu.slot_probs_from_scores(s, lse[:, None], valid)

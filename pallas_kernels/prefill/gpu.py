@@ -1,0 +1,153 @@
+"""Causal GQA flash attention + SnapKV observation scores: two portable ``pl.pallas_call``s.
+
+1. Flash forward, grid ``(T / block_q, B, Hq)``, q blocks in reverse order (the longest causal
+   rows start first). A program keeps its ``[block_q, D]`` queries, loops over the key blocks
+   left of the diagonal without masks, then over the diagonal blocks with the causal mask
+   (online softmax in base 2), and writes ``out`` and the row log-sum-exp ``lse``.
+2. Scores, grid ``(T / block_k, B, Hkv)``: a program takes one key block and the last ``w``
+   queries of each head of the kv head's group (``[w, D]`` each) with their ``lse``, and writes
+   ``sum_q exp(q.k * scale - lse_q)`` over causal pairs: ``[G, block_k]``. It re-reads K once
+   (``2 * D`` bytes per key and kv head) and does ``2 * w * D`` FLOPs per key and query head:
+   ``w / T`` of the forward pass. No ``T x T`` array exists.
+
+``T`` not a multiple of the blocks: q/k/v are padded (a copy only in that case); padded keys
+sit right of every real query, so the causal mask already hides them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltr
+
+from pallas_kernels.decode import gpu as dgpu
+from pallas_kernels.prefill.reference import check_inputs, default_scale
+
+NEG = -1e30
+LOG2E = math.log2(math.e)
+_NT = (((1,), (1,)), ((), ()))
+
+
+def unsupported_reason(d, dv, block_q=None, block_k=None):
+    """Why the Triton kernels cannot take these sizes, or None."""
+    if not (dgpu._is_pow2(d) and d >= 16 and dgpu._is_pow2(dv) and dv >= 16):
+        return f"head dims D={d}, Dv={dv} must be powers of 2 >= 16"
+    for name, x in (("block_q", block_q), ("block_k", block_k)):
+        if x is not None and not (dgpu._is_pow2(x) and x >= 16):
+            return f"{name}={x} must be a power of 2 >= 16"
+    return None
+
+
+def _flash_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, bq, bk, nq, scale):
+    qi = nq - 1 - pl.program_id(0)
+    q = q_ref[...]
+    dt = q.dtype
+    qk_scale = scale * LOG2E
+    q_pos = qi * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+
+    def step(j, carry, masked):
+        m, den, acc = carry
+        rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        s = lax.dot_general(q, k_ref[rows, :].astype(dt), _NT,
+                            preferred_element_type=jnp.float32) * qk_scale
+        if masked:
+            k_pos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+            s = jnp.where(q_pos >= k_pos, s, NEG)
+        m_new = jnp.maximum(m, s.max(axis=1))
+        p = jnp.exp2(s - m_new[:, None])
+        alpha = jnp.exp2(m - m_new)
+        pv = jnp.dot(p.astype(dt), v_ref[rows, :].astype(dt), preferred_element_type=jnp.float32)
+        return m_new, alpha * den + p.sum(axis=1), alpha[:, None] * acc + pv
+
+    carry = (jnp.full((bq,), NEG, jnp.float32), jnp.zeros((bq,), jnp.float32),
+             jnp.zeros(o_ref.shape, jnp.float32))
+    n_full = lax.div(qi * bq, bk)  # key blocks entirely left of this query block
+    n_end = lax.div((qi + 1) * bq + bk - 1, bk)
+    carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), carry)
+    m, den, acc = lax.fori_loop(n_full, n_end, functools.partial(step, masked=True), carry)
+    o_ref[...] = (acc / den[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = m + jnp.log2(den)  # base 2
+
+
+def _scores_kernel(q_ref, lse_ref, k_ref, s_ref, *, bk, t, w, scale):
+    kb = pl.program_id(0)
+    g, wp, _ = q_ref.shape
+    k = k_ref[...]
+    qk_scale = scale * LOG2E
+    row = lax.broadcasted_iota(jnp.int32, (wp, bk), 0)
+    k_pos = kb * bk + lax.broadcasted_iota(jnp.int32, (wp, bk), 1)
+    seen = (row < w) & (k_pos <= t - w + row)
+    for gi in range(g):
+        q = q_ref[gi].astype(k.dtype)  # [wp, D]
+        s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * qk_scale
+        p = jnp.where(seen, jnp.exp2(s - lse_ref[gi][:, None]), 0.0)
+        s_ref[gi, :] = p.sum(axis=0)
+
+
+def _pad_t(x, t_pad):
+    t = x.shape[2]
+    return x if t == t_pad else jnp.pad(x, ((0, 0), (0, 0), (0, t_pad - t), (0, 0)))
+
+
+def default_blocks(d):
+    """``(block_q, block_k, num_warps, num_stages)`` for the forward pass."""
+    return (128, 64, 8, 3) if d <= 128 else (64, 32, 8, 2)
+
+
+def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, block_k=None,
+                          num_warps=None, num_stages=None, interpret=False):
+    """Same contract as ``prefill_reference``. Shapes: ``q [B, Hq, T, D]``,
+    ``k [B, Hkv, T, D]``, ``v [B, Hkv, T, Dv]``; returns ``out [B, Hq, T, Dv]`` and, with
+    ``obs_window > 0``, ``scores [B, Hq, T]`` f32."""
+    b, hq, hkv, t, d, dv = check_inputs(q, k, v, obs_window)
+    reason = unsupported_reason(d, dv, block_q, block_k)
+    if reason:
+        raise ValueError(f"prefill_attention_gpu: {reason}")
+    g = hq // hkv
+    scale = default_scale(scale, d)
+    dbq, dbk, dwarps, dstages = default_blocks(d)
+    bq = min(block_q or dbq, max(16, dgpu._next_pow2(t)))
+    bk = min(block_k or dbk, bq)
+    t_pad = dgpu._cdiv(t, bq) * bq
+    nq = t_pad // bq
+    on_gpu = jax.default_backend() == "gpu" and not interpret
+    params = lambda w, s: pltr.CompilerParams(num_warps=w, num_stages=s) if on_gpu else None  # noqa: E731
+    qp, kp, vp = _pad_t(q, t_pad), _pad_t(k, t_pad), _pad_t(v, t_pad)
+    out, lse = pl.pallas_call(
+        functools.partial(_flash_kernel, bq=bq, bk=bk, nq=nq, scale=scale),
+        grid=(nq, b, hq),
+        in_specs=[pl.BlockSpec((None, None, bq, d), lambda i, bb, h: (bb, h, nq - 1 - i, 0)),
+                  pl.BlockSpec((None, None, t_pad, d), lambda i, bb, h: (bb, h // g, 0, 0)),
+                  pl.BlockSpec((None, None, t_pad, dv), lambda i, bb, h: (bb, h // g, 0, 0))],
+        out_specs=[pl.BlockSpec((None, None, bq, dv), lambda i, bb, h: (bb, h, nq - 1 - i, 0)),
+                   pl.BlockSpec((None, None, bq), lambda i, bb, h: (bb, h, nq - 1 - i))],
+        out_shape=[jax.ShapeDtypeStruct((b, hq, t_pad, dv), q.dtype),
+                   jax.ShapeDtypeStruct((b, hq, t_pad), jnp.float32)],
+        compiler_params=params(num_warps or dwarps, num_stages or dstages),
+        interpret=interpret, name="lcache_prefill_flash",
+    )(qp, kp, vp)
+    out = out[:, :, :t] if t_pad != t else out
+    if not obs_window:
+        return out
+    w = min(obs_window, t)
+    wp = max(16, dgpu._next_pow2(w))
+    q_obs = jnp.pad(q[:, :, t - w:], ((0, 0), (0, 0), (0, wp - w), (0, 0)))
+    q_obs = q_obs.reshape(b, hkv, g, wp, d)
+    lse_obs = jnp.pad(lse[:, :, t - w:t], ((0, 0), (0, 0), (0, wp - w))).reshape(b, hkv, g, wp)
+    sk = min(128, bq)
+    scores = pl.pallas_call(
+        functools.partial(_scores_kernel, bk=sk, t=t, w=w, scale=scale),
+        grid=(t_pad // sk, b, hkv),
+        in_specs=[pl.BlockSpec((None, None, g, wp, d), lambda i, bb, h: (bb, h, 0, 0, 0)),
+                  pl.BlockSpec((None, None, g, wp), lambda i, bb, h: (bb, h, 0, 0)),
+                  pl.BlockSpec((None, None, sk, d), lambda i, bb, h: (bb, h, i, 0))],
+        out_specs=pl.BlockSpec((None, None, g, sk), lambda i, bb, h: (bb, h, 0, i)),
+        out_shape=jax.ShapeDtypeStruct((b, hkv, g, t_pad), jnp.float32),
+        compiler_params=params(4, 2), interpret=interpret, name="lcache_prefill_obs_scores",
+    )(q_obs, lse_obs, kp)
+    return out, scores.reshape(b, hq, t_pad)[:, :, :t]
