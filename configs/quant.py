@@ -5,7 +5,7 @@
     python -m experiments.quant --config=configs/quant.py:default,residual=128 \
         --config.checkpoint=runs/gpu/softmax/model --workdir=runs/quant_r128
 
-Variants: smoke (CPU, < 1 min; an UNTRAINED random model unless ``checkpoint`` is set),
+Variants: smoke (CPU, < 1 min, int2 only; an UNTRAINED random model unless ``checkpoint`` is set),
 default (the committed reference model ``models/softmax``, 64 held-out windows of 512 tokens).
 Args after the variant: n=<sequences>, residual=<R>, group=<G>, sinks=<N>.
 """
@@ -14,7 +14,7 @@ import ml_collections
 
 from configs.common import parse_arg
 
-SMOKE_MODEL = dict(vocab_size=259, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+SMOKE_MODEL = dict(vocab_size=259, dim=64, num_layers=1, num_heads=4, num_kv_heads=2,
                    ffn_dim=160, max_seq_len=64)
 
 
@@ -36,7 +36,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.num_sequences = a["n"] or (4 if smoke else 64)
     c.batch = 4 if smoke else 16
     c.cache_dtype = "bfloat16"  # full-precision parts (bf16 baseline, residual, sinks)
-    c.bits = (8, 4, 2)
+    c.bits = (2,) if smoke else (8, 4, 2)  # every storage is one compile: smoke keeps few
     c.group = a["group"] or (8 if smoke else 32)
     c.residual = a["residual"] or (16 if smoke else 32)  # KIVI's R (its examples use 32)
     c.keep_sinks = a["sinks"]
