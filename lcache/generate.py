@@ -75,12 +75,14 @@ def _generate(graphdef, params, tokens_BT, lengths_B, rng, *, policy, sampling: 
 
 
 def generate(model, prompts: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
-             sampling: Sampling = Sampling(), seed: int = 0, pad_multiple: int = 16
+             sampling: Sampling | None = None, seed: int = 0, pad_multiple: int = 16
              ) -> list[np.ndarray]:
     """Generate continuations of token-id prompts -> one int32 array per prompt.
 
-    A row stops after its ``sampling.eos_id`` (included) or ``max_new_tokens``.
+    A row stops after its ``sampling.eos_id`` (included) or ``max_new_tokens``
+    (``sampling=None``: greedy, 32 tokens).
     """
+    sampling = sampling or Sampling()
     tokens, lengths = pad_prompts(prompts, pad_multiple)
     vocab = model.cfg.vocab_size
     if tokens.min() < 0 or tokens.max() >= vocab:

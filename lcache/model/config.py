@@ -87,7 +87,8 @@ class ModelConfig:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; "
                              f"expected one of {ATTENTION_IMPLS}")
         if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+            raise ValueError("compute_dtype must be float32 or bfloat16, got "
+                             f"{self.compute_dtype!r}")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         self._check_mla()
