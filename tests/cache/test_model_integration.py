@@ -117,10 +117,12 @@ def test_window_chunk_equals_token_by_token_decode():
     graphdef, params = nnx.split(model(2))
     prompt = tokens(2, (B, T))
     chunk_logits, _ = prefill(graphdef, params, WINDOWS, prompt, jnp.full((B,), T))
-    first, caches = prefill(graphdef, params, WINDOWS, prompt[:, :1], jnp.ones((B,), jnp.int32))
-    dec, _ = decode(graphdef, params, WINDOWS, caches, prompt[:, 1:], jnp.ones((B,), jnp.int32))
+    one = jnp.ones((B,), jnp.int32)  # the first token alone (the rest is padding), then decode
+    first, caches = prefill(graphdef, params, WINDOWS, prompt, one)
+    dec, _ = decode(graphdef, params, WINDOWS, caches, prompt[:, 1:], one)
     np.testing.assert_allclose(np.asarray(chunk_logits),
-                               np.concatenate([np.asarray(first), np.asarray(dec)], 1), atol=2e-5)
+                               np.concatenate([np.asarray(first[:, :1]), np.asarray(dec)], 1),
+                               atol=2e-5)
 
 
 def test_orbax_resume_mid_stream_gives_identical_logits(tmp_path):

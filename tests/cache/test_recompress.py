@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streams import feed, make_stream
+from cache_streams import feed, make_stream
 
 from lcache.cache import H2O, KeyNorm, Recompress, SlidingWindow, SnapKV
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cache_oracles import TopOracle, softmax_rows
+from cache_streams import feed, make_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streams import feed, make_stream
 
 from lcache.cache import TOVA, KeyNorm, Random
 from lcache.cache.scorers import hash_uniform

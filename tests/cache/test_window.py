@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cache_oracles import ring_kept, ring_rank
+from cache_streams import feed, make_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streams import feed, make_stream
 
 from lcache.cache import SlidingWindow, StreamingLLM
 
