@@ -37,6 +37,7 @@ def check_fits(model, policy, prompt_len: int, max_new: int) -> None:
     policies = (policy,) if isinstance(policy, Policy) else tuple(policy)
     need = prompt_len + max_new + model.cfg.num_sink_tokens
     for p in policies:
+        p = getattr(p, "inner", p)  # storage transforms (quantized) wrap a selection policy
         if isinstance(p, Dense) and p.capacity < need:
             raise ValueError(f"Dense(max_len={p.capacity}) cannot hold {prompt_len} prompt + "
                              f"{max_new} new + {model.cfg.num_sink_tokens} sink tokens = {need}")
