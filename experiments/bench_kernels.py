@@ -116,7 +116,7 @@ def fake(seed, shape, dtype):
 
 
 class Bench:
-    """Runs measurements, prints one line per row and collects the CSV rows."""
+    """Measurements, one printed line and one CSV row each, run as a prioritised task list."""
 
     def __init__(self, c, t_start):
         self.c, self.t_start = c, t_start
@@ -134,6 +134,9 @@ class Bench:
                               time_us="", gbps=round(self.copy, 1), frac_copy_bw=1.0,
                               ratio_vs_cudnn=""))
 
+    def elapsed(self):
+        return time.time() - self.t_start
+
     def fits(self, what, need):
         if need > self.mem:
             logging.warning("skip %s: needs ~%.1f GiB > budget %.1f GiB", what, need / 2**30,
@@ -141,13 +144,6 @@ class Bench:
             print(f"# skip {what}: needs ~{need / 2**30:.1f} GiB", flush=True)
             return False
         return True
-
-    def in_budget(self, what):
-        """Sweeps run only while the run is within ``time_budget_s``."""
-        if time.time() - self.t_start < self.c.time_budget_s:
-            return True
-        print(f"# skip {what}: past the {self.c.time_budget_s:.0f} s time budget", flush=True)
-        return False
 
     def measure(self, op, impl, b, ctx, bits, fn, args, moved, cudnn=None, flops=None,
                 extra=""):
@@ -169,7 +165,7 @@ class Bench:
             extra = f"{flops / t / 1e12:.0f} TFLOP/s {extra}"
         print(f"{op:<15} {impl:<18} B={b:<3} C={ctx:<7} {bits:>2}b {t * 1e6:10.1f} us "
               f"{gbps:7.0f} GB/s {100 * gbps / self.copy:5.1f}% copy  "
-              f"x{ratio if ratio != '' else '-':<6} {extra}", flush=True)
+              f"x{ratio if ratio != '' else '-':<6} {extra} [{self.elapsed():.0f}s]", flush=True)
         return t
 
     def write(self, path):
@@ -177,6 +173,12 @@ class Bench:
             w = csv.DictWriter(f, COLUMNS)
             w.writeheader()
             w.writerows(self.rows)
+
+    def ratio(self, op, b, ctx):
+        """ratio_vs_cudnn of the default Pallas row (0 if missing)."""
+        row = next((r for r in self.rows if (r["op"], r["impl"], r["batch"], r["context"])
+                    == (op, "pallas", b, ctx)), None)
+        return row["ratio_vs_cudnn"] if row and row["ratio_vs_cudnn"] != "" else 0.0
 
     # -- bf16 decode -------------------------------------------------------------------------
     def _decode_inputs(self, b, ctx):
@@ -187,155 +189,216 @@ class Bench:
         valid = jnp.ones((b, c.hkv, ctx), bool)
         return (q, keys, values, valid), nbytes(keys, values, q, q)
 
-    def decode(self, b, ctx):
-        """bf16 decode: cudnn, pallas (auto plan), xla."""
+    def decode(self, b, ctx, impls=("cudnn", "pallas"), splits=None):
+        """bf16 decode at one shape: cudnn, pallas (auto plan or ``splits``), xla."""
         c = self.c
         kv = 2 * b * c.hkv * ctx * c.d * self.dtype.itemsize
-        if not self.fits(f"decode B={b} C={ctx}", 3 * kv):
+        if not self.fits(f"decode B={b} C={ctx}", (5 if "xla" in impls else 2.2) * kv):
             return
         args, moved = self._decode_inputs(b, ctx)
         q, keys, values, _ = args
-        if self.gpu:
+        if "cudnn" in impls and self.gpu:
             kt, vt = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
             cudnn = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
                 q[:, None], k, v, implementation="cudnn")[:, 0]
             self.cudnn["decode", b, ctx] = self.measure("decode", "cudnn", b, ctx, 16, cudnn,
                                                         (q, kt, vt), moved, "decode")
             del kt, vt
-        auto_s = dgpu.plan(b * c.hkv, ctx, c.d, c.d, itemsize=self.dtype.itemsize)[1]
-        pallas = functools.partial(decode_attention, impl="pallas", interpret=c.interpret)
-        self.measure("decode", "pallas", b, ctx, 16, pallas, args, moved, "decode",
-                     extra=f"S={auto_s}")
-        if self.fits(f"decode xla B={b} C={ctx}", 5 * kv):
-            xla = functools.partial(decode_attention, impl="xla")
-            self.measure("decode", "xla", b, ctx, 16, xla, args, moved, "decode")
+        if "pallas" in impls:
+            auto = dgpu.plan(b * c.hkv, ctx, c.d, c.d, itemsize=self.dtype.itemsize)[1]
+            for s in splits or (None,):
+                fn = functools.partial(decode_attention, impl="pallas", interpret=c.interpret,
+                                       num_splits=s)
+                self.measure("decode", "pallas" if s is None else f"pallas[S={s}]", b, ctx, 16,
+                             fn, args, moved, "decode", extra=f"S={s or auto}")
+        if "xla" in impls:
+            fn = functools.partial(decode_attention, impl="xla")
+            self.measure("decode", "xla", b, ctx, 16, fn, args, moved, "decode")
 
-    def decode_sweep(self, b, ctx):
-        """The bf16 kernel at ``num_splits = auto * f`` for ``f`` in ``split_factors``."""
+    def split_candidates(self, b, ctx, factors):
+        """Distinct effective split counts ``auto * f`` (``plan`` recomputes them)."""
         c, isz = self.c, self.dtype.itemsize
-        bk, auto_s, _ = dgpu.plan(b * c.hkv, ctx, c.d, c.d, itemsize=isz)
-        cands = []
-        for f in c.split_factors:
-            s = dgpu.plan(b * c.hkv, ctx, c.d, c.d, None, max(1, round(auto_s * f)), isz)[1]
-            if s not in cands + [auto_s]:
-                cands.append(s)
-        if not cands or not self.fits(f"decode B={b} C={ctx}", 3 * 2 * b * c.hkv * ctx * c.d
-                                      * isz):
-            return
-        args, moved = self._decode_inputs(b, ctx)
-        for s in cands:
-            if not self.in_budget(f"decode S={s} B={b} C={ctx}"):
-                return
-            fn = functools.partial(decode_attention, impl="pallas", interpret=c.interpret,
-                                   num_splits=s)
-            self.measure("decode", f"pallas[S={s}]", b, ctx, 16, fn, args, moved, "decode")
+        auto = dgpu.plan(b * c.hkv, ctx, c.d, c.d, itemsize=isz)[1]
+        out = []
+        for f in factors:
+            s = dgpu.plan(b * c.hkv, ctx, c.d, c.d, None, max(1, round(auto * f)), isz)[1]
+            if s != auto and s not in out:
+                out.append(s)
+        return tuple(out)
 
     # -- quantized decode --------------------------------------------------------------------
-    def _quant_inputs(self, b, ctx, bits):
+    def quant(self, b, ctx, bits, impl="pallas", **kw):
         c = self.c
+        if not self.fits(f"quant{bits} B={b} C={ctx}", 3 * b * c.hkv * ctx * c.d * bits // 8):
+            return
         codes, segs, q = make_quant(bits + ctx + b, b, c.hkv, c.hq, ctx, c.d, bits,
                                     c.quant_group, c.quant_residual, c.quant_sinks, self.dtype)
         moved = nbytes(codes[:6], segs, q, q) + b * c.hkv * ctx  # + 1 byte/slot of validity
-        return (q, codes, segs), moved
-
-    def quant(self, b, ctx):
-        """Quantized decode (codes + sinks + residual ring) for each bit width."""
-        c = self.c
-        for bits in c.quant_bits:
-            if not self.fits(f"quant{bits} B={b} C={ctx}", 3 * b * c.hkv * ctx * c.d * bits // 8):
-                continue
-            args, moved = self._quant_inputs(b, ctx, bits)
-            fn = functools.partial(quant_decode_attention, impl="pallas", interpret=c.interpret)
-            self.measure("quant_decode", "pallas", b, ctx, bits, fn, args, moved, "decode")
-            if bits == c.quant_bits[-1] and b * ctx <= c.xla_max_tokens:
-                fn = functools.partial(quant_decode_attention, impl="xla")
-                self.measure("quant_decode", "xla", b, ctx, bits, fn, args, moved, "decode")
-
-    def quant_sweep(self, b, ctx, bits=4):
-        args, moved = self._quant_inputs(b, ctx, bits)
-        for bk, warps in self.c.quant_variants:
-            if not self.in_budget(f"quant bk={bk} w={warps}"):
-                return
-            fn = functools.partial(_quant_variant, block_k=bk, num_warps=warps,
-                                   interpret=self.c.interpret)
-            self.measure("quant_decode", f"pallas[bk={bk},w={warps}]", b, ctx, bits, fn, args,
-                         moved, "decode")
+        if kw:
+            fn = functools.partial(_quant_variant, interpret=c.interpret, **kw)
+            impl = f"pallas[bk={kw['block_k']},w={kw['num_warps']}]"
+        else:
+            fn = functools.partial(quant_decode_attention, impl=impl, interpret=c.interpret)
+        self.measure("quant_decode", impl, b, ctx, bits, fn, (q, codes, segs), moved, "decode")
 
     # -- MLA ---------------------------------------------------------------------------------
-    def mla(self, b, ctx, block_hs=(None,), heads=None):
+    def mla(self, b, ctx, hq, impl="pallas", block_h=None):
         c, dt = self.c, self.dtype
         dc, dr = c.mla_dc, c.mla_dr
         lat_bytes = b * ctx * (dc + dr) * dt.itemsize
-        if not self.fits(f"mla B={b} C={ctx}", 4 * lat_bytes):
+        if not self.fits(f"mla B={b} C={ctx}", (8 if impl == "xla" else 3) * lat_bytes):
             return
         latent, k_rope = fake(ctx + b, (b, 1, ctx, dc), dt), fake(ctx + b + 1, (b, 1, ctx, dr), dt)
         valid = jnp.ones((b, 1, ctx), bool)
-        for hq in heads or c.mla_heads:
-            ql, qr = fake(hq, (b, hq, dc), dt), fake(hq + 1, (b, hq, dr), dt)
-            args = (ql, qr, latent, k_rope, valid)
-            moved = lat_bytes + nbytes(ql, qr, ql) + b * ctx
-            op, flops = f"mla_decode_h{hq}", 2 * b * hq * ctx * (2 * dc + dr)
-            base = functools.partial(mla_decode_attention, scale=1.0 / math.sqrt(128 + dr),
-                                     interpret=c.interpret)
-            for bh in block_hs:
-                if bh is not None and not self.in_budget(f"mla bh={bh}"):
-                    return
-                impl = "pallas" if bh is None else f"pallas[bh={bh}]"
-                self.measure(op, impl, b, ctx, 16, functools.partial(base, impl="pallas",
-                                                                      block_h=bh),
-                             args, moved, flops=flops)
-            if block_hs == (None,) and b * ctx <= c.xla_max_tokens:
-                self.measure(op, "xla", b, ctx, 16, functools.partial(base, impl="xla"), args,
-                             moved, flops=flops)
+        ql, qr = fake(hq, (b, hq, dc), dt), fake(hq + 1, (b, hq, dr), dt)
+        moved = lat_bytes + nbytes(ql, qr, ql) + b * ctx
+        fn = functools.partial(mla_decode_attention, scale=1.0 / math.sqrt(128 + dr), impl=impl,
+                               interpret=c.interpret, block_h=block_h)
+        tag = impl if block_h is None else f"pallas[bh={block_h}]"
+        self.measure(f"mla_decode_h{hq}", tag, b, ctx, 16, fn, (ql, qr, latent, k_rope, valid),
+                     moved, flops=2 * b * hq * ctx * (2 * dc + dr))
 
     # -- prefill -----------------------------------------------------------------------------
-    def prefill(self, b, t, blocks=None):
+    def prefill(self, b, t, impls=("cudnn", "pallas"), blocks=None):
         c, dt = self.c, self.dtype
         q = fake(t + b, (b, c.hq, t, c.d), dt)
         k, v = fake(t + b + 1, (b, c.hkv, t, c.d), dt), fake(t + b + 2, (b, c.hkv, t, c.d), dt)
         moved = nbytes(q, k, v, q) + 4 * b * c.hq * t
         flops = 4 * b * c.hq * c.d * t * t / 2
-        if blocks is None and self.gpu:
+        if "cudnn" in impls and self.gpu:
             tr = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
             cudnn = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
                 q, k, v, is_causal=True, implementation="cudnn")
             self.cudnn["prefill", b, t] = self.measure(
                 "prefill", "cudnn", b, t, 16, cudnn, (tr(q), tr(k), tr(v)), moved, "prefill",
                 flops)
-        for i, (bq, bk, warps, stages) in enumerate(blocks or c.prefill_blocks[:1]):
-            if blocks and not self.in_budget(f"prefill {bq}x{bk}"):
-                return
+        if "pallas" in impls:
+            bq, bk, warps, stages = blocks or c.prefill_blocks[0]
             fn = functools.partial(_prefill_variant, obs_window=c.prefill_window, block_q=bq,
                                    block_k=bk, num_warps=warps, num_stages=stages,
                                    interpret=c.interpret)
             impl = "pallas" if blocks is None else f"pallas[{bq}x{bk}w{warps}s{stages}]"
             self.measure("prefill", impl, b, t, 16, fn, (q, k, v), moved, "prefill", flops,
                          "(+scores)")
-            del i
-        if blocks is None and c.interpret:
+        if "xla" in impls:
             fn = functools.partial(prefill_attention, obs_window=c.prefill_window, impl="xla")
             self.measure("prefill", "xla", b, t, 16, fn, (q, k, v), moved, "prefill", flops)
 
-    def sweeps(self):
-        """Sweep points, worst bf16 decode shapes first, while the time budget lasts."""
+    def summary(self):
+        """A compact table of the issue's targets, from the rows measured."""
         c = self.c
-        if "decode" in c.ops:
-            def ratio(key):
-                row = next((r for r in self.rows if (r["op"], r["impl"], r["batch"],
-                                                     r["context"]) == ("decode", "pallas", *key)),
-                           None)
-                return row["ratio_vs_cudnn"] if row and row["ratio_vs_cudnn"] != "" else 0.0
 
-            shapes = sorted(((b, x) for b in c.batches for x in c.contexts), key=ratio)
+        def get(op, impl, b, x, bits=None, key="time_us"):
+            for r in self.rows:
+                if (r["op"], r["impl"], r["batch"], r["context"]) == (op, impl, b, x) and (
+                        bits is None or r["bits"] == bits):
+                    return r[key]
+            return None
+
+        def fmt(v, spec):
+            return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+        hmax = max(c.mla_heads)
+        print("# summary: decode x = t_cudnn / t (target >= 1), %copy (target >= 85% at B>=8, "
+              ">=32K); best = fastest split; int8/4/2 = t / t_cudnn bf16 (int4 target <= 0.35); "
+              f"MLA h{hmax} %copy (target >= 80%)")
+        print("#  B  context  cudnn_us  pallas_us  x     %copy  best(S,x)      int8  int4  int2"
+              "  mla%")
+        for b in c.batches:
+            for x in c.contexts:
+                tc, tp = get("decode", "cudnn", b, x), get("decode", "pallas", b, x)
+                sw = [(r["time_us"], r["impl"]) for r in self.rows if r["op"] == "decode" and
+                      r["impl"].startswith("pallas") and (r["batch"], r["context"]) == (b, x)]
+                best = min(sw) if sw else None
+                bs = (f"{best[1].replace('pallas', '') or 'auto'},{tc / best[0]:.2f}"
+                      if best and tc else "-")
+                qs = [get("quant_decode", "pallas", b, x, bits) for bits in (8, 4, 2)]
+                qr = [fmt(t / tc if t and tc else None, ".2f") for t in qs]
+                mla = get(f"mla_decode_h{hmax}", "pallas", b, x, key="frac_copy_bw")
+                frac = get("decode", "pallas", b, x, key="frac_copy_bw")
+                print(f"# {b:>2} {x:>8} {fmt(tc, '9.1f')} {fmt(tp, '10.1f')} "
+                      f"{fmt(tc / tp if tc and tp else None, '5.2f')} "
+                      f"{fmt(100 * frac if frac else None, '5.0f')}%  {bs:<13} "
+                      f"{qr[0]:>5} {qr[1]:>5} {qr[2]:>5} {fmt(100 * mla if mla else None, '5.0f')}")
+        for b, t in c.prefill_shapes:
+            tc, tp = get("prefill", "cudnn", b, t), get("prefill", "pallas", b, t)
+            if tp:
+                fl = 4 * b * c.hq * c.d * t * t / 2
+                print(f"# prefill B={b} T={t}: pallas+scores {fl / tp / 1e6:.0f} TFLOP/s, cuDNN "
+                      f"{fmt(fl / tc / 1e6 if tc else None, '.0f')} TFLOP/s, x "
+                      f"{fmt(tc / tp if tc else None, '.2f')} (target >= 0.8)")
+
+    # -- the plan ----------------------------------------------------------------------------
+    def tasks(self):
+        """Yields ``(description, thunk)`` in priority order: the rows the issue's targets are
+        read from first, then sweeps and references. Generated lazily: sweep candidates
+        depend on the ratios measured before them."""
+        c = self.c
+        shapes = [(b, x) for b in c.batches for x in c.contexts]
+        small = [(b, x) for b, x in shapes if b * x <= c.xla_max_tokens]
+        hmax = max(c.mla_heads)
+        if "decode" in c.ops:
             for b, x in shapes:
-                self.decode_sweep(b, x)
-        sb, sc = c.sweep_shape
-        if "quant" in c.ops and 4 in c.quant_bits:
-            self.quant_sweep(sb, sc)
-        if "mla" in c.ops and c.mla_block_h:
-            self.mla(sb, sc, block_hs=tuple(c.mla_block_h), heads=(max(c.mla_heads),))
-        if "prefill" in c.ops and len(c.prefill_blocks) > 1:
-            self.prefill(*c.prefill_sweep, blocks=tuple(c.prefill_blocks[1:]))
+                yield f"decode B={b} C={x}", functools.partial(self.decode, b, x)
+        if "quant" in c.ops:
+            for b, x in shapes:
+                yield f"quant4 B={b} C={x}", functools.partial(self.quant, b, x, 4)
+        if "mla" in c.ops:
+            for b, x in shapes:
+                yield f"mla B={b} C={x}", functools.partial(self.mla, b, x, hmax)
+        if "prefill" in c.ops:
+            for b, t in c.prefill_shapes[:3]:
+                yield f"prefill B={b} T={t}", functools.partial(self.prefill, b, t)
+        if "decode" in c.ops and c.sweep:  # worst shapes first
+            for b, x in sorted(shapes, key=lambda s: self.ratio("decode", *s)):
+                cands = self.split_candidates(b, x, c.split_factors[1:3])
+                if cands:
+                    yield f"decode splits B={b} C={x}", functools.partial(
+                        self.decode, b, x, ("pallas",), cands)
+        if "quant" in c.ops:
+            for bits in (8, 2):
+                for b, x in shapes:
+                    if bits in c.quant_bits:
+                        yield f"quant{bits} B={b} C={x}", functools.partial(
+                            self.quant, b, x, bits)
+        if c.sweep and "quant" in c.ops:
+            for bk, warps in c.quant_variants:
+                yield f"quant bk={bk}", functools.partial(self.quant, *c.sweep_shape, 4,
+                                                          block_k=bk, num_warps=warps)
+        if c.sweep and "mla" in c.ops:
+            for bh in c.mla_block_h:
+                yield f"mla bh={bh}", functools.partial(self.mla, *c.sweep_shape, hmax,
+                                                        block_h=bh)
+        if "mla" in c.ops:
+            for hq in c.mla_heads:
+                for b, x in shapes if hq != hmax else ():
+                    yield f"mla h{hq} B={b} C={x}", functools.partial(self.mla, b, x, hq)
+        if "decode" in c.ops:
+            for b, x in small:
+                yield f"decode xla B={b} C={x}", functools.partial(self.decode, b, x, ("xla",))
+        if c.sweep and "prefill" in c.ops:
+            for blocks in c.prefill_blocks[1:]:
+                yield f"prefill {blocks}", functools.partial(
+                    self.prefill, *c.prefill_sweep, ("pallas",), tuple(blocks))
+        if "prefill" in c.ops:
+            for b, t in c.prefill_shapes[3:]:
+                yield f"prefill B={b} T={t}", functools.partial(self.prefill, b, t)
+        if "decode" in c.ops and c.sweep:
+            for b, x in sorted(shapes, key=lambda s: self.ratio("decode", *s)):
+                cands = self.split_candidates(b, x, c.split_factors)
+                done = self.split_candidates(b, x, c.split_factors[1:3])
+                rest = tuple(s for s in cands if s not in done)
+                if rest:
+                    yield f"decode splits+ B={b} C={x}", functools.partial(
+                        self.decode, b, x, ("pallas",), rest)
+        for b, x in small:
+            if "quant" in c.ops:
+                yield f"quant xla B={b} C={x}", functools.partial(self.quant, b, x, 4, "xla")
+            if "mla" in c.ops:
+                yield f"mla xla B={b} C={x}", functools.partial(self.mla, b, x, hmax, "xla")
+        if "prefill" in c.ops and c.interpret:
+            b, t = c.prefill_shapes[0]
+            yield "prefill xla", functools.partial(self.prefill, b, t, ("xla",))
 
 
 def _quant_variant(q, codes, segs, **kw):
@@ -385,6 +448,12 @@ def check_kernels(c):
         print(f"check {name}: max err {err:.2e} {'ok' if good else 'FAIL'}", flush=True)
 
     c_small = 1000 if not c.interpret else 100
+    qd = (fake(0, (2, hq, d), dt), fake(1, (2, hkv, c_small, d), dt),
+          fake(2, (2, hkv, c_small, d), dt), fake(3, (2, hkv, c_small), jnp.float32) < 0.4)
+    run = jit(functools.partial(decode_attention, impl="pallas", interpret=c.interpret,
+                                return_slot_probs=True))
+    ref = jax.jit(functools.partial(decode_attention, impl="xla", return_slot_probs=True))
+    report("decode", run(*qd), ref(*qd), 5e-2)
     for bits in c.quant_bits[-1:] if c.interpret else c.quant_bits:
         codes, segs, q = make_quant(bits, 2, hkv, hq, c_small, d, bits, c.quant_group,
                                     c.quant_residual, c.quant_sinks, dt)
@@ -421,23 +490,19 @@ def main(argv):
     ok = check_kernels(c)
     bench = Bench(c, t0)
     path = os.path.join(workdir, "bench_kernels.csv")
-    for b in c.batches:
-        for ctx in c.contexts:
-            if "decode" in c.ops:
-                bench.decode(b, ctx)
-            if "quant" in c.ops:
-                bench.quant(b, ctx)
-            if "mla" in c.ops:
-                bench.mla(b, ctx)
-            bench.write(path)  # rewritten as rows come in
-    if "prefill" in c.ops:
-        for b, t in c.prefill_shapes:
-            bench.prefill(b, t)
+    skipped = []
+    for what, task in bench.tasks():
+        if bench.elapsed() > c.time_budget_s:
+            skipped.append(what)
+            continue
+        task()
+        bench.write(path)  # rewritten as rows come in
     bench.write(path)
-    if c.sweep:
-        bench.sweeps()
-        bench.write(path)
-    print(f"# wrote {path} ({len(bench.rows)} rows) in {time.time() - t0:.0f} s; kernel checks "
+    bench.summary()
+    if skipped:
+        print(f"# time budget ({c.time_budget_s:.0f} s) reached; not run: {'; '.join(skipped)}",
+              flush=True)
+    print(f"# wrote {path} ({len(bench.rows)} rows) in {bench.elapsed():.0f} s; kernel checks "
           f"{'ok' if ok else 'FAILED'}", flush=True)
 
 

@@ -11,9 +11,9 @@ Design:
   * split ``s`` owns slots ``[s*CB, (s+1)*CB)``, ``CB = nb * block_k``, and writes partial
     ``(m, den, acc)`` in f32; a small ``jnp`` step merges the ``S`` partials by log-sum-exp.
   * ``C`` not a multiple of ``CB``: K/V are NOT padded (that would copy the whole cache); their
-    last block overhangs the array (Triton masks those loads, interpret mode fills NaN) and the
-    validity mask, converted to int8 and padded with False in the wrapper (1 byte/slot), drops
-    those slots; V rows past ``C`` are zeroed in-kernel so that ``0 * NaN`` cannot leak.
+    last block overhangs the array and every load is masked to rows ``< C`` (``pltr.load``:
+    jax 0.11's Triton lowering adds no bounds masks), reading 0 there; the bool validity and
+    the ``G`` query rows are read the same way, so the wrapper launches no padding ops.
   * RoPE on keys (``rope_pos``): rotated in f32 from the two halves loaded separately (no
     in-register slicing/concat), cast back to the cache dtype for the MMA.
   * ``block_k`` default: the largest power of 2 <= 128 whose K+V tiles take <= 64 KB, so two
@@ -86,19 +86,21 @@ SMEM_BYTES = 227 << 10  # per SM, H100/H200
 
 def occupancy(tile_bytes, num_stages=2, max_programs=4):
     """Programs resident per SM, bounded by shared memory: Triton keeps ``num_stages - 1``
-    prefetched tiles plus layout-conversion buffers (jax 0.11.2 IR compiled by triton 3.6 for
-    sm_90: 104 KB at 64 KB of K+V per block, i.e. 2 programs per SM)."""
-    smem = int(1.6 * max(1, num_stages - 1) * tile_bytes) + (4 << 10)
+    prefetched tiles plus ~8 KB (jax 0.11.2 IR compiled by triton 3.6 for sm_90: 72 KB at
+    64 KB of K+V per block, i.e. 3 programs per SM; registers allow 4 at 114/thread)."""
+    smem = max(1, num_stages - 1) * tile_bytes + (8 << 10)
     return max(1, min(max_programs, SMEM_BYTES // smem))
 
 
-def split_cost(heads, nblocks, splits, sms=DEFAULT_NUM_SMS, occ=2, overhead_blocks=2.0,
+def split_cost(heads, nblocks, splits, sms=DEFAULT_NUM_SMS, occ=2, overhead_blocks=8.0,
                partial_blocks=0.25):
     """Modelled time, in KV-block streaming times of one SM, of ``splits`` splits.
 
     ``heads * splits`` programs spread over ``sms``; the busiest SM runs ``ceil(P / sms)``
     programs of ``nb + overhead_blocks`` blocks at ``SM_RATE[min(that, occ)]``; each program's
-    partial output (written, then read by the merge) costs ``partial_blocks`` blocks.
+    partial output (written, then read by the merge) costs ``partial_blocks`` blocks. The fixed
+    cost of 8 blocks per program fits the B=1 sweep of docs/bench/bench_kernels_h200_partial.csv
+    (32K: 16 splits beat 32-128; more splits only pay with >= 8 blocks per program).
     """
     nb = _cdiv(nblocks, splits)
     programs = heads * _cdiv(nblocks, nb)
@@ -107,7 +109,7 @@ def split_cost(heads, nblocks, splits, sms=DEFAULT_NUM_SMS, occ=2, overhead_bloc
     return per_sm * (nb + overhead_blocks) / rate + partial_blocks * programs / sms
 
 
-def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=2.0, max_splits=64,
+def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=8.0, max_splits=64,
                     occ=2, partial_blocks=0.25):
     """The split count minimising ``split_cost`` (ties: fewer splits).
 
@@ -144,48 +146,57 @@ def plan(heads, c, d, dv, block_k=None, num_splits=None, itemsize=2, gp=16, num_
     return bk, _cdiv(nblocks, nb), nb  # recomputed split count: no empty split
 
 
-def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, scale, rope, probs,
-            mask_tail):
+def load_rows(view, start_row, limit, other=0):
+    """Masked load of a ref view whose first axis is rows ``start_row + i``: rows at or past
+    ``limit`` read ``other`` and are never accessed (jax 0.11 adds no bounds masks)."""
+    n = view.shape[0]
+    ok = start_row + lax.broadcasted_iota(jnp.int32, (n,), 0) < limit
+    if len(view.shape) > 1:
+        ok = jnp.broadcast_to(ok.reshape(n, *([1] * (len(view.shape) - 1))), view.shape)
+    return pltr.load(view, mask=ok, other=other)
+
+
+def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, g, scale, rope, probs):
     if rope:
         pos_ref, invf_ref, *refs = refs
     m_ref, l_ref, acc_ref, *s_ref = refs
     gp, d = q_ref.shape
     kdt = k_ref.dtype
-    split = pl.program_id(2)
+    row0 = pl.program_id(2) * cb  # global index of this split's first slot
     if rope:
         h = d // 2
-        q1 = q_ref[:, pl.ds(0, h)].astype(kdt)
-        q2 = q_ref[:, pl.ds(h, h)].astype(kdt)
+        q1 = load_rows(q_ref.at[:, pl.ds(0, h)], 0, g).astype(kdt)  # padded rows read 0
+        q2 = load_rows(q_ref.at[:, pl.ds(h, h)], 0, g).astype(kdt)
         invf = invf_ref[...]
     else:
-        q = q_ref[...].astype(kdt)
+        q = load_rows(q_ref, 0, g).astype(kdt)
 
     def body(i, carry):
         m, den, acc = carry
         start = pl.multiple_of(i * bk, bk)
         rows = pl.ds(start, bk)
-        vld = valid_ref[rows] != 0  # [bk]
+        at = row0 + start
+        vld = load_rows(valid_ref.at[rows], at, c, other=False)  # [bk]
         if rope:
-            ang = pos_ref[rows].astype(jnp.float32)[:, None] * invf[None, :]  # [bk, D/2]
+            pos = load_rows(pos_ref.at[rows], at, c)
+            ang = pos.astype(jnp.float32)[:, None] * invf[None, :]  # [bk, D/2]
             cos, sin = jnp.cos(ang), jnp.sin(ang)
-            k1 = k_ref[rows, pl.ds(0, h)].astype(jnp.float32)
-            k2 = k_ref[rows, pl.ds(h, h)].astype(jnp.float32)
+            k1 = load_rows(k_ref.at[rows, pl.ds(0, h)], at, c).astype(jnp.float32)
+            k2 = load_rows(k_ref.at[rows, pl.ds(h, h)], at, c).astype(jnp.float32)
             r1 = (k1 * cos - k2 * sin).astype(kdt)
             r2 = (k2 * cos + k1 * sin).astype(kdt)
             s = (lax.dot_general(q1, r1, _DOT_NT, preferred_element_type=jnp.float32)
                  + lax.dot_general(q2, r2, _DOT_NT, preferred_element_type=jnp.float32))
         else:
-            s = lax.dot_general(q, k_ref[rows, :], _DOT_NT, preferred_element_type=jnp.float32)
+            k = load_rows(k_ref.at[rows, :], at, c)
+            s = lax.dot_general(q, k, _DOT_NT, preferred_element_type=jnp.float32)
         s = jnp.where(vld[None, :], s * scale, NEG)  # [gp, bk]
         if probs:
             s_ref[0][:, rows] = s
         m_new = jnp.maximum(m, s.max(axis=1))
         p = jnp.where(vld[None, :], jnp.exp(s - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
-        v = v_ref[rows, :]
-        if mask_tail:
-            row = split * cb + start + lax.broadcasted_iota(jnp.int32, (bk,), 0)
-            v = jnp.where((row < c)[:, None], v, jnp.zeros_like(v))
+        v = load_rows(v_ref.at[rows, :], at, c)  # rows past C read 0: no 0 * NaN
         pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         return m_new, alpha * den + p.sum(axis=1), alpha[:, None] * acc + pv
 
@@ -227,14 +238,15 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
         raise ValueError(f"decode_attention_gpu: {reason}")
     scale = default_scale(scale, d)
     gp = max(min_block_h, _next_pow2(g))
-    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits,
-                          max(keys.dtype.itemsize, values.dtype.itemsize), gp, num_stages)
+    isz = max(keys.dtype.itemsize, values.dtype.itemsize)
+    if rope and block_k is None:  # RoPE's f32 sin/cos tiles spill registers at 128 rows
+        block_k = min(64, default_block_k(d, dv, c, isz))
+    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits, isz, gp, num_stages)
     cb = nb * bk
     c_pad = splits * cb
 
-    q4 = jnp.pad(q.reshape(b, hkv, g, d), ((0, 0), (0, 0), (0, gp - g), (0, 0)))
-    valid8 = jnp.pad(valid.astype(jnp.int8), ((0, 0), (0, 0), (0, c_pad - c)))
-    args = [q4, keys, values, valid8]
+    # No padded copies: query rows past G and slots past C are masked in-kernel.
+    args = [q.reshape(b, hkv, g, d), keys, values, valid]
     in_specs = [
         pl.BlockSpec((None, None, gp, d), lambda i, j, s: (i, j, 0, 0)),
         pl.BlockSpec((None, None, cb, d), lambda i, j, s: (i, j, s, 0)),
@@ -256,8 +268,8 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
         out_shape.append(jax.ShapeDtypeStruct((b, hkv, gp, c_pad), f32))
         out_specs.append(pl.BlockSpec((None, None, gp, cb), lambda i, j, s: (i, j, 0, s)))
     on_gpu = jax.default_backend() == "gpu" and not interpret
-    kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, scale=scale, rope=rope,
-                               probs=return_slot_probs, mask_tail=c_pad != c)
+    kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, g=g, scale=scale, rope=rope,
+                               probs=return_slot_probs)
     outs = pl.pallas_call(
         kernel,
         grid=(b, hkv, splits),

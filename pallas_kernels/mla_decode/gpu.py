@@ -41,25 +41,24 @@ def unsupported_reason(dc, dr, block_h=None, block_k=None):
 
 
 def _kernel(ql_ref, qr_ref, c_ref, kr_ref, valid_ref, m_ref, l_ref, acc_ref, *s_ref, nb, bk, c,
-            cb, scale):
+            cb, hq, scale):
     bh, dc = ql_ref.shape
     cdt = c_ref.dtype
-    split = pl.program_id(2)
-    ql = ql_ref[...].astype(cdt)
-    qr = qr_ref[...].astype(cdt)
+    row0 = pl.program_id(2) * cb  # global index of this split's first slot
+    h0 = pl.program_id(0) * bh
+    ql = dgpu.load_rows(ql_ref, h0, hq).astype(cdt)  # heads past Hq read 0
+    qr = dgpu.load_rows(qr_ref, h0, hq).astype(cdt)
 
     def body(i, carry):
         m, den, acc = carry
         start = pl.multiple_of(i * bk, bk)
         rows = pl.ds(start, bk)
-        ok = (split * cb + start + lax.broadcasted_iota(jnp.int32, (bk,), 0)) < c
-        vld = (valid_ref[rows] != 0) & ok
-        lat = pltr.load(c_ref.at[rows, :], mask=jnp.broadcast_to(ok[:, None], (bk, dc)),
-                        other=0)
-        kr = pltr.load(kr_ref.at[rows, :],
-                       mask=jnp.broadcast_to(ok[:, None], (bk, kr_ref.shape[1])), other=0)
+        at = row0 + start
+        vld = dgpu.load_rows(valid_ref.at[rows], at, c, other=False)
+        lat = dgpu.load_rows(c_ref.at[rows, :], at, c)
+        kr = dgpu.load_rows(kr_ref.at[rows, :], at, c).astype(cdt)
         s = (lax.dot_general(ql, lat, _NT, preferred_element_type=jnp.float32)
-             + lax.dot_general(qr, kr.astype(cdt), _NT, preferred_element_type=jnp.float32))
+             + lax.dot_general(qr, kr, _NT, preferred_element_type=jnp.float32))
         s = jnp.where(vld[None, :], s * scale, NEG)  # [bh, bk]
         if s_ref:
             s_ref[0][:, rows] = s
@@ -78,11 +77,23 @@ def _kernel(ql_ref, qr_ref, c_ref, kr_ref, valid_ref, m_ref, l_ref, acc_ref, *s_
 
 
 def default_blocks(hq, dc, dr, itemsize=2):
-    """``(block_h, block_k, num_warps)``: 32-head blocks keep the f32 accumulator
-    ``[block_h, dc]`` at 64 registers/thread with 8 warps; 32-slot tiles of ``c`` are 32 KB."""
-    bh = max(16, min(32, dgpu._next_pow2(hq)))
-    bk = 32 if dc * itemsize >= 1024 else 64
-    return bh, bk, 8 if dc >= 256 else 4
+    """``(block_h, block_k, num_warps, programs per SM)``. Compiled for sm_90 (triton 3.6,
+    dc=512, dr=64, 8 warps): 16 heads x 64 slots take 128 registers/thread (2 programs per SM),
+    32 x 32 take 173 (1 per SM), 64 x 32 spill. More heads per program read the latent from
+    L2 fewer times; MLA with many heads is MMA-bound, so both are swept by the bench."""
+    del dr, itemsize
+    if hq <= 16 or dc > 512:
+        return 16, 64, 8, 2
+    return 32, 32, 8, 1
+
+
+def auto_splits(b, nhb, nblocks, occ, sms=None, max_splits=256, min_blocks=4):
+    """One wave: ``B * (Hq / block_h) * S ~= SMs * occ`` programs, >= ``min_blocks`` blocks
+    each. Partials cost ``block_h * dc * 8`` bytes per program (written, then merged), so MLA
+    never splits beyond a single wave."""
+    sms = sms or dgpu.num_sms()
+    want = dgpu._cdiv(sms * occ, b * nhb)
+    return max(1, min(want, max_splits, nblocks // min_blocks))
 
 
 def mla_decode_gpu(q_latent, q_rope, latent, k_rope, valid, *, scale, return_slot_probs=False,
@@ -98,25 +109,22 @@ def mla_decode_gpu(q_latent, q_rope, latent, k_rope, valid, *, scale, return_slo
     reason = unsupported_reason(dc, dr, block_h, block_k)
     if reason:
         raise ValueError(f"mla_decode_gpu: {reason}")
-    dbh, dbk, dwarps = default_blocks(hq, dc, dr, latent.dtype.itemsize)
+    dbh, dbk, dwarps, occ = default_blocks(hq, dc, dr, latent.dtype.itemsize)
+    if block_h is not None and block_k is None:
+        dbk = 64 if block_h <= 16 else 32
     bh, bk = block_h or dbh, block_k or dbk
     num_warps = num_warps or dwarps
     nhb = dgpu._cdiv(hq, bh)
     hp = nhb * bh
     nblocks = dgpu._cdiv(c, bk)
-    tile = bk * (dc + dr) * latent.dtype.itemsize
-    # A tile is read from HBM once per (b, split), by nhb programs: count programs per tile.
-    splits = num_splits or dgpu.auto_num_splits(
-        b, nblocks, max(1, dgpu.num_sms() // nhb), occ=dgpu.occupancy(tile, num_stages, 2),
-        partial_blocks=2 * hp * (dc + 2) * 4 / tile / nhb)
+    splits = num_splits or auto_splits(b, nhb, nblocks, occ if bh == dbh else 1)
     nb = dgpu._cdiv(nblocks, max(1, min(splits, nblocks)))
     splits = dgpu._cdiv(nblocks, nb)
     cb = nb * bk
     c_pad = splits * cb
 
-    pad_h = ((0, 0), (0, hp - hq), (0, 0))
-    args = [jnp.pad(q_latent, pad_h), jnp.pad(q_rope, pad_h), latent[:, 0], k_rope[:, 0],
-            jnp.pad(valid[:, 0].astype(jnp.int8), ((0, 0), (0, c_pad - c)))]
+    # No padded copies: heads past Hq and slots past C are masked in-kernel.
+    args = [q_latent, q_rope, latent[:, 0], k_rope[:, 0], valid[:, 0]]
     in_specs = [pl.BlockSpec((None, bh, dc), lambda h, i, s: (i, h, 0)),
                 pl.BlockSpec((None, bh, dr), lambda h, i, s: (i, h, 0)),
                 pl.BlockSpec((None, cb, dc), lambda h, i, s: (i, s, 0)),
@@ -133,7 +141,7 @@ def mla_decode_gpu(q_latent, q_rope, latent, k_rope, valid, *, scale, return_slo
         out_shape.append(jax.ShapeDtypeStruct((b, hp, c_pad), f32))
         out_specs.append(pl.BlockSpec((None, bh, cb), lambda h, i, s: (i, h, s)))
     on_gpu = jax.default_backend() == "gpu" and not interpret
-    kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, scale=float(scale))
+    kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, hq=hq, scale=float(scale))
     outs = pl.pallas_call(
         kernel, grid=(nhb, b, splits), in_specs=in_specs, out_specs=out_specs,
         out_shape=out_shape,

@@ -74,87 +74,88 @@ def codes_to(x_u16, bits, dtype):
     return x_u16.astype(dtype), 0.0
 
 
-def _rows(ref, start, n, limit, row0, col=None):
-    """Masked load of local rows ``[start, start + n)`` (``n=None``: the single row ``start``,
-    squeezed) of a ref, optionally of one column or column slice ``col``; rows whose global
-    index (``row0 + local``) is ``>= limit`` read as 0."""
-    rows = start if n is None else pl.ds(start, n)
-    if isinstance(col, int):
-        col = jnp.int32(col)  # a traced index: interpret mode's masked load needs a shape
-    view = ref.at[rows] if col is None else ref.at[rows, col]
-    if n is None:
-        ok = jnp.full(view.shape, row0 + start < limit)
-    else:
-        ok = (row0 + start + lax.broadcasted_iota(jnp.int32, (n,), 0)) < limit
-        if len(view.shape) == 2:
-            ok = jnp.broadcast_to(ok[:, None], view.shape)
-    return pltr.load(view, mask=ok, other=0)
+def _rows(ref, start, n, limit, row0=0, col=None, other=0):
+    """Masked load of local rows ``[start, start + n)`` of a ref (optionally of one column
+    slice ``col``): rows whose global index ``row0 + local`` is ``>= limit`` read ``other``.
+    Nothing past an array's end is read, also on jax 0.11 (no automatic bounds masks)."""
+    view = ref.at[pl.ds(start, n)] if col is None else ref.at[pl.ds(start, n), col]
+    ok = (row0 + start + lax.broadcasted_iota(jnp.int32, (n,), 0)) < limit
+    if len(view.shape) == 2:
+        ok = jnp.broadcast_to(ok[:, None], view.shape)
+    return pltr.load(view, mask=ok, other=other)
+
+
+def _repeat_rows(x, n):
+    """``[r, c]`` -> ``[r * n, c]``, each row repeated ``n`` times."""
+    r, c = x.shape
+    return jnp.broadcast_to(x[:, None, :], (r, n, c)).reshape(r * n, c)
+
+
+def _repeat_cols(x, n):
+    """``[r, c]`` -> ``[r, c * n]``, each column repeated ``n`` times."""
+    r, c = x.shape
+    return jnp.broadcast_to(x[:, :, None], (r, c, n)).reshape(r, c * n)
+
+
+def _dequant(codes_u8, scale, zero, spread, bits, cdt):
+    """``codes * spread(scale) + spread(zero)`` -> ``cdt``, with ``scale``/``zero`` 16-bit
+    grids and ``spread`` repeating them onto the tile (rows or column groups).
+
+    bf16 with bits < 8: codes become exact bf16 integers as ``bitcast(0x4300 | c) - 128`` (no
+    int->float conversion) and the FMA runs in bf16: the result is the dequantized value
+    rounded to bf16, as the reference path stores it. Otherwise the FMA runs in f32.
+    """
+    x, off = codes_to(unpack_codes(codes_u8, bits), bits, cdt)
+    if off:
+        x = x - jnp.asarray(off, cdt)  # exact: 128 + c and 128 are bf16 integers
+        return x * spread(scale.astype(cdt)) + spread(zero.astype(cdt))
+    f32 = jnp.float32
+    return (x.astype(f32) * spread(scale.astype(f32)) + spread(zero.astype(f32))).astype(cdt)
 
 
 def _codes_kernel(q_ref, kc_ref, ks_ref, kz_ref, vc_ref, vs_ref, vz_ref, qv_ref, m_ref, l_ref,
-                  acc_ref, s_ref, split, *, nb, bk, c, cb, nblk, group, bits, scale, cdt):
-    """Programs ``s < S``: ``nb`` steps of ``bk`` slots, ``bk / G`` key blocks per step."""
-    gp, d = q_ref.shape
-    dv = acc_ref.shape[-1]
-    per, ng = 8 // bits, dv // group
+                  acc_ref, s_ref, split, *, nb, bk, c, cb, nblk, g_q, group, bits, scale, cdt):
+    """Programs ``s < S``: ``nb`` steps of ``bk`` slots (``bk / G`` key blocks each): the
+    K and V tiles are dequantized in registers (per-block key grids repeated over their G
+    rows, per-token value grids over their G channels), then attended as bf16 tiles."""
+    gp, _ = q_ref.shape
+    u = bk // group
     row0 = split * cb  # global index of this split's first slot
-    q = q_ref[...].astype(jnp.float32)
+    q = _rows(q_ref, 0, gp, g_q).astype(cdt)  # padded query rows read 0
+    rows_spread = functools.partial(_repeat_rows, n=group)
+    cols_spread = functools.partial(_repeat_cols, n=group)
 
-    def block(carry, start):  # one block of G slots at local row ``start``
-        m, den, accs = carry
-        kb = start // group
-        ks = _rows(ks_ref, kb, None, nblk, split * (cb // group)).astype(jnp.float32)
-        kz = _rows(kz_ref, kb, None, nblk, split * (cb // group)).astype(jnp.float32)
-        qs = (q * ks[None, :]).astype(cdt)
-        kcode, off = codes_to(unpack_codes(_rows(kc_ref, start, group, c, row0), bits), bits,
-                              cdt)
-        s = lax.dot_general(qs, kcode, _NT, preferred_element_type=jnp.float32)
-        zt = (q * kz[None, :]).sum(axis=1)
-        if off:
-            zt = zt - off * qs.astype(jnp.float32).sum(axis=1)
-        s = (s + zt[:, None]) * scale
-        vld = qv_ref[pl.ds(start, group)] != 0
-        s = jnp.where(vld[None, :], s, NEG)  # [gp, G]
+    def body(i, carry):
+        m, den, acc = carry
+        start = pl.multiple_of(i * bk, bk)
+        kb0, kb_row0 = i * u, split * (cb // group)
+        k = _dequant(_rows(kc_ref, start, bk, c, row0), _rows(ks_ref, kb0, u, nblk, kb_row0),
+                     _rows(kz_ref, kb0, u, nblk, kb_row0), rows_spread, bits, cdt)  # [bk, D]
+        s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * scale
+        vld = _rows(qv_ref, start, bk, c, row0, other=False)
+        s = jnp.where(vld[None, :], s, NEG)  # [gp, bk]
         if s_ref is not None:
-            s_ref[:, pl.ds(start, group)] = s
+            s_ref[:, pl.ds(start, bk)] = s
         m_new = jnp.maximum(m, s.max(axis=1))
         p = jnp.where(vld[None, :], jnp.exp(s - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
-        new_accs = []
-        for gi in range(ng):
-            cols = pl.ds(gi * (group // per), group // per)
-            vcode, off = codes_to(unpack_codes(_rows(vc_ref, start, group, c, row0, cols), bits),
-                                  bits, cdt)
-            vs = jnp.where(vld, _rows(vs_ref, start, group, c, row0, gi).astype(jnp.float32), 0)
-            vz = jnp.where(vld, _rows(vz_ref, start, group, c, row0, gi).astype(jnp.float32), 0)
-            ps = (p * vs[None, :]).astype(cdt)
-            pv = jnp.dot(ps, vcode, preferred_element_type=jnp.float32)  # [gp, G]
-            zt = (p * vz[None, :]).sum(axis=1)
-            if off:
-                zt = zt - off * ps.astype(jnp.float32).sum(axis=1)
-            new_accs.append(alpha[:, None] * accs[gi] + pv + zt[:, None])
-        return m_new, alpha * den + p.sum(axis=1), tuple(new_accs)
-
-    def body(i, carry):
-        start = pl.multiple_of(i * bk, bk)
-        for t in range(bk // group):
-            carry = block(carry, start + t * group)
-        return carry
+        v = _dequant(_rows(vc_ref, start, bk, c, row0), _rows(vs_ref, start, bk, c, row0),
+                     _rows(vz_ref, start, bk, c, row0), cols_spread, bits, cdt)  # [bk, Dv]
+        pv = jnp.dot(p.astype(cdt), v, preferred_element_type=jnp.float32)
+        return m_new, alpha * den + p.sum(axis=1), alpha[:, None] * acc + pv
 
     init = (jnp.full((gp,), NEG, jnp.float32), jnp.zeros((gp,), jnp.float32),
-            tuple(jnp.zeros((gp, group), jnp.float32) for _ in range(ng)))
-    m, den, accs = lax.fori_loop(0, nb, body, init)
+            jnp.zeros(acc_ref.shape, jnp.float32))
+    m, den, acc = lax.fori_loop(0, nb, body, init)
     m_ref[...] = m
     l_ref[...] = den
-    for gi in range(ng):
-        acc_ref[:, pl.ds(gi * group, group)] = accs[gi]
-    del d
+    acc_ref[...] = acc
 
 
-def _segments_kernel(q_ref, segs, m_ref, l_ref, acc_ref, s_refs, *, blocks, scale, cdt):
+def _segments_kernel(q_ref, segs, m_ref, l_ref, acc_ref, s_refs, *, blocks, g_q, scale, cdt):
     """Program ``S``: plain decode attention over each full-precision segment in turn."""
     gp = q_ref.shape[0]
-    q = q_ref[...].astype(cdt)
+    q = _rows(q_ref, 0, gp, g_q).astype(cdt)
     carry = (jnp.full((gp,), NEG, jnp.float32), jnp.zeros((gp,), jnp.float32),
              jnp.zeros(acc_ref.shape, jnp.float32))
     for (k_ref, v_ref, ok_ref), s_ref, bs in zip(segs, s_refs, blocks, strict=True):
@@ -196,7 +197,7 @@ def _kernel(q_ref, kc_ref, ks_ref, kz_ref, vc_ref, vs_ref, vz_ref, qv_ref, *refs
         @pl.when(split == splits)
         def _segments():
             _segments_kernel(q_ref, segs, m_ref, l_ref, acc_ref, s_refs[1:], blocks=blocks,
-                             scale=kw["scale"], cdt=kw["cdt"])
+                             g_q=kw["g_q"], scale=kw["scale"], cdt=kw["cdt"])
 
 
 def _pad_axis(x, axis, size, value=0):
@@ -237,10 +238,9 @@ def quant_decode_gpu(q, codes: QuantCodes, segments=(), *, scale=None, return_sl
     nblk = -(-c // group)
 
     last = splits - 1
-    q4 = _pad_axis(q.reshape(b, h, g, d), 2, gp)
-    valid8 = _pad_axis(codes.valid.astype(jnp.int8), 2, c_pad)
-    args = [q4, codes.k_codes, codes.k_scale, codes.k_zero, codes.v_codes, codes.v_scale,
-            codes.v_zero, valid8]
+    # No padded copies of q or of the validity: rows past G / C are masked in-kernel.
+    args = [q.reshape(b, h, g, d), codes.k_codes, codes.k_scale, codes.k_zero, codes.v_codes,
+            codes.v_scale, codes.v_zero, codes.valid]
     cmap = lambda i, j, s: (i, j, jnp.minimum(s, last), 0)  # noqa: E731
     in_specs = [
         pl.BlockSpec((None, None, gp, d), lambda i, j, s: (i, j, 0, 0)),
@@ -282,7 +282,8 @@ def quant_decode_gpu(q, codes: QuantCodes, segments=(), *, scale=None, return_sl
     on_gpu = jax.default_backend() == "gpu" and not interpret
     kernel = functools.partial(
         _kernel, nseg=len(segments), probs=return_slot_probs, splits=splits, blocks=blocks,
-        nb=nb, bk=bk, c=c, cb=cb, nblk=nblk, group=group, bits=bits, scale=scale, cdt=cdt)
+        nb=nb, bk=bk, c=c, cb=cb, nblk=nblk, g_q=g, group=group, bits=bits, scale=scale,
+        cdt=cdt)
     outs = pl.pallas_call(
         kernel, grid=(b, h, nprog), in_specs=in_specs, out_specs=out_specs,
         out_shape=out_shape,
