@@ -9,14 +9,20 @@ Args after the variant: ops=<decode+quant+mla+prefill subset, '+'-separated>, sw
 Anything else: --config.key=value.
 """
 
-import ml_collections
-
 from configs.common import parse_arg
+
+try:
+    from ml_collections import ConfigDict
+except ImportError:  # the GPU image has no ml_collections: a plain attribute dict will do
+
+    class ConfigDict(dict):
+        __getattr__ = dict.__getitem__
+        __setattr__ = dict.__setitem__
 
 OPS = ("decode", "quant", "mla", "prefill")
 
 
-def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
+def get_config(arg: str = "smoke") -> ConfigDict:
     a = parse_arg(arg, variant="smoke", ops="+".join(OPS), sweep=True)
     v = a["variant"]
     if v not in ("smoke", "default"):
@@ -25,7 +31,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     if set(ops) - set(OPS):
         raise ValueError(f"unknown ops {sorted(set(ops) - set(OPS))}; expected a subset of {OPS}")
     smoke = v == "smoke"
-    c = ml_collections.ConfigDict()
+    c = ConfigDict()
     c.ops = ops
     c.interpret = smoke  # Pallas kernels interpreted (CPU)
     c.batches = (2,) if smoke else (1, 8, 32)

@@ -2,21 +2,23 @@
 
     python -m experiments.bench_kernels --config=configs/bench_kernels.py:default --workdir=DIR
 
-One run measures the copy ceiling (``jnp.copy`` of a large buffer, bytes read + written) and then,
-per shape, the median device time of each implementation, and writes ``DIR/bench_kernels.csv``:
-``op,impl,batch,context,bits,time_us,gbps,frac_copy_bw,ratio_vs_cudnn``, where ``gbps`` counts
-the bytes an op must move (cache read once, queries, outputs), ``frac_copy_bw = gbps / copy`` and
+One run measures the copy ceiling (a fused read + write pass over 4 GiB), checks every kernel
+against its reference on small shapes (``check`` lines), then measures in priority order until
+``time_budget_s`` (``Bench.tasks``: the rows the targets are read from, then sweeps and
+references) and writes ``DIR/bench_kernels.csv`` with
+``op,impl,batch,context,bits,time_us,gbps,frac_copy_bw,ratio_vs_cudnn``: ``gbps`` counts the
+bytes an op must move (cache read once, queries, outputs), ``frac_copy_bw = gbps / copy``,
 ``ratio_vs_cudnn = t_cudnn / t`` (> 1: faster than cuDNN; quantized and bf16 decode both against
 bf16 cuDNN decode at the same batch and context; prefill against cuDNN prefill, so it is also
-the TFLOP/s ratio). Impl tags: ``pallas`` is the default plan; ``pallas[S=4]``, ``pallas[bh=16]``
-... are sweep points. Ops: ``decode``, ``quant_decode`` (bits 8/4/2, with 4 sinks and a
-128-token residual ring in bf16), ``mla_decode_h{heads}``, ``prefill`` (with SnapKV scores).
+the TFLOP/s ratio). Impl tags: ``pallas`` is the default plan; ``pallas[S=4]``,
+``pallas[bh=16]``, ``pallas[bk=32,w=4]``, ``pallas[128x64w8s3]`` are sweep points. Ops:
+``decode``, ``quant_decode`` (bits 8/4/2, with 4 sinks and a 128-token residual ring in bf16),
+``mla_decode_h{heads}``, ``prefill`` (with SnapKV scores). A summary table ends the output.
 
-Timing: ``calls`` kernel calls with distinct queries inside one jitted executable (each behind an
-``optimization_barrier``, so nothing is shared or hoisted), ``iters`` timed runs, median / calls:
+Timing (``pallas_kernels.benchtools.device_time``): ``calls`` kernel calls with distinct
+queries inside one jitted executable, launched back to back, median of ``iters`` measurements:
 device time without per-call host dispatch. Shapes needing more than ``mem_fraction`` of the
-device memory are skipped with a logged note. A correctness check of every kernel against its
-reference on small shapes runs first (``check`` lines).
+device memory are skipped with a logged note. Runs without ml_collections too (GPU image).
 """
 
 from __future__ import annotations
@@ -25,94 +27,21 @@ import csv
 import functools
 import math
 import os
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
-from jax import lax
-from ml_collections import config_flags
 
+from pallas_kernels.benchtools import copy_gbps, device_time, fake, make_quant, nbytes
 from pallas_kernels.decode import decode_attention
 from pallas_kernels.decode import gpu as dgpu
 from pallas_kernels.mla_decode import mla_decode_attention
 from pallas_kernels.prefill import prefill_attention
-from pallas_kernels.quant_decode import QuantCodes, Segment, quant_decode_attention
+from pallas_kernels.quant_decode import quant_decode_attention
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_kernels.py:smoke")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/bench_kernels", "output directory")
 COLUMNS = ("op", "impl", "batch", "context", "bits", "time_us", "gbps", "frac_copy_bw",
            "ratio_vs_cudnn")
-
-
-def device_time(fn, args, calls, iters, fast_compile=False, min_run_s=3e-3):
-    """Median seconds per call of ``fn(*args)``.
-
-    ``calls`` calls (query ``args[0]`` scaled per call, all inputs behind an optimization
-    barrier) in one executable; each measurement launches it ``reps`` times back to back (async
-    dispatch keeps the device busy; ``reps`` makes a measurement last >= ``min_run_s``);
-    ``iters`` measurements after a warm-up. ``fast_compile``: XLA backend optimisations off
-    (CPU smoke runs: interpreted kernels compile 2x faster; timings there are meaningless).
-    """
-    q, rest = args[0], args[1:]
-
-    def looped(q, *rest):
-        outs = []
-        for i in range(calls):
-            qi, ri = lax.optimization_barrier((q * (1.0 + i / 64), rest))
-            outs.append(fn(qi, *ri))
-        return outs
-
-    run = jax.jit(looped)
-    if fast_compile:
-        run = run.lower(q, *rest).compile(compiler_options={"xla_backend_optimization_level": 0})
-    jax.block_until_ready(run(q, *rest))
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(q, *rest))
-    reps = int(min(50, max(1, min_run_s / (time.perf_counter() - t0))))
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = run(q, *rest)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / (reps * calls))
-    return statistics.median(times)
-
-
-def copy_gbps(nbytes, iters, calls=4):
-    """Copy ceiling in GB/s: ``x + i`` (one fused read + write pass each) over a large buffer."""
-    x = jnp.ones((nbytes // 4,), jnp.float32)
-    run = jax.jit(lambda x: [x + i for i in range(calls)])
-    jax.block_until_ready(run(x))
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(x))
-        times.append((time.perf_counter() - t0) / calls)
-    return 2 * nbytes / statistics.median(times) / 1e9
-
-
-def nbytes(*xs):
-    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(xs))
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def fake(seed, shape, dtype):
-    """Cheap device-side pseudo-random data (an integer hash of the index; compiles in ms, unlike
-    ``jax.random`` at these sizes): uint8 bytes, or floats uniform in [-1, 1)."""
-    x = jnp.uint32(seed) * jnp.uint32(0x9E3779B9)
-    for i in range(len(shape)):
-        x = x + lax.broadcasted_iota(jnp.uint32, shape, i) * jnp.uint32(
-            (0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1, 0xD3A2646C)[i % 5])
-    x = (x ^ (x >> 15)) * jnp.uint32(0x2C1B3C6D)
-    x = x ^ (x >> 12)
-    if jnp.dtype(dtype) == jnp.uint8:
-        return (x >> 8).astype(jnp.uint8)
-    return ((x >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0).astype(dtype)
-
 
 
 class Bench:
@@ -413,20 +342,6 @@ def _prefill_variant(q, k, v, **kw):
     return prefill_attention_gpu(q, k, v, **kw)
 
 
-def make_quant(seed, b, h, hq, c, d, bits, group, residual, sinks, dtype):
-    """Pseudo-random KIVI codes and grids (all slots valid) plus full sink and ring segments."""
-    per, nb = 8 // bits, -(-c // group)
-    u8 = lambda i, s: fake(seed + i, s, jnp.uint8)  # noqa: E731
-    sc = lambda i, s: ((fake(seed + i, s, jnp.float32) + 2.0) / (2**bits - 1)).astype(  # noqa: E731
-        jnp.bfloat16)
-    codes = QuantCodes(u8(0, (b, h, c, d // per)), sc(1, (b, h, nb, d)), -sc(2, (b, h, nb, d)),
-                       u8(3, (b, h, c, d // per)), sc(4, (b, h, c, d // group)),
-                       -sc(5, (b, h, c, d // group)), jnp.ones((b, h, c), bool))
-    segs = tuple(Segment(fake(seed + 6, (b, h, n, d), dtype), fake(seed + 7, (b, h, n, d), dtype),
-                         jnp.ones((b, h, n), bool)) for n in (sinks, residual) if n)
-    return codes, segs, fake(seed + 8, (b, hq, d), dtype)
-
-
 def check_kernels(c):
     """Every kernel against its reference on small shapes on this device; returns ok."""
     dt, ok = jnp.dtype(c.dtype), True
@@ -482,9 +397,38 @@ def check_kernels(c):
     return ok
 
 
+def define_flags():
+    """``--config`` (ml_collections config file, or a plain loader without ml_collections) and
+    ``--workdir``; defined here, not at import, so the module imports cleanly in tests."""
+    try:
+        from ml_collections import config_flags
+
+        config = config_flags.DEFINE_config_file("config", "configs/bench_kernels.py:smoke")
+    except ImportError:  # the GPU image has no ml_collections: --config=path:arg, no overrides
+        arg = flags.DEFINE_string("config", "configs/bench_kernels.py:smoke", "config")
+
+        class _ConfigFile:
+            @property
+            def value(self):
+                import importlib.util
+
+                path, _, variant = arg.value.partition(":")
+                spec = importlib.util.spec_from_file_location("bench_config", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module.get_config(variant) if variant else module.get_config()
+
+        config = _ConfigFile()
+    return config, flags.DEFINE_string("workdir", "runs/bench_kernels", "output directory")
+
+
 def main(argv):
     del argv
-    c, workdir = _CONFIG.value, _WORKDIR.value
+    run(_FLAGS[0].value, _FLAGS[1].value)
+
+
+def run(c, workdir):
+    """Checks, then the prioritised measurements; writes ``workdir/bench_kernels.csv``."""
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     ok = check_kernels(c)
@@ -507,4 +451,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _FLAGS = define_flags()
     app.run(main)

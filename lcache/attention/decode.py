@@ -122,3 +122,26 @@ def quantized_decode(q_BHqD, view: CacheView, state: QuantizedKVState, policy: Q
     out, (code_probs, seg_probs) = quant_decode_attention(q_BHqD, codes, segments,
                                                           return_slot_probs=True, impl=impl)
     return out, to_slots(code_probs, seg_probs)
+
+
+def mla_decode_over_view(q_latent_BHC, q_rope_BHR, view: CacheView, inv_freq, *, scale,
+                         impl="auto"):
+    """Absorbed MLA decode over a latent cache view (``keys = k_rope [B, 1, C, dr]``,
+    ``values = c [B, 1, C, dc]``; ``lcache/model/mla.py``) with the Pallas kernel.
+
+    ``q_latent [B, H, dc]`` (``W_UK`` folded in), ``q_rope [B, H, dr]`` rotated. Keys of a view
+    with ``keys_rotated=False`` are rotated here (``dr`` of ``dc + dr`` numbers per token).
+    Returns ``out_latent [B, H, dc]`` (apply ``W_UV`` after) and ``slot_probs [B, 1, C]``.
+    ``impl``: 'pallas' or 'auto' (softmax only: other variants use ``grouped_attention``).
+    """
+    from pallas_kernels.mla_decode import mla_decode_attention
+
+    keys = view.keys
+    if not view.keys_rotated:
+        from lcache.model.rope import apply_rope
+
+        keys = apply_rope(keys, view.rope_pos, inv_freq)
+    latent = view.values.astype(q_latent_BHC.dtype)
+    return mla_decode_attention(q_latent_BHC, q_rope_BHR, latent, keys.astype(latent.dtype),
+                                view.valid, scale=scale, return_slot_probs=True,
+                                impl="auto" if impl == "auto" else "pallas")

@@ -76,3 +76,21 @@ def test_ops_unsupported_dims(monkeypatch):
     np.testing.assert_array_equal(got, mla_decode_reference(*args, scale=0.1))
     with pytest.raises(ValueError, match="k_rope"):
         mla_decode_attention(*args[:3], args[3][:, :, :5], args[4], scale=0.1, impl="xla")
+
+
+def test_mla_decode_over_view_matches_grouped_attention():
+    """The lcache entry point (what ``MLAttention.decode`` would call) on a latent view."""
+    from lcache.attention.decode import mla_decode_over_view
+    from lcache.cache import CacheView
+
+    ql, qr, lat, kr, valid = make_case(5, 2, 6, 40, 32, 16, jnp.float32)
+    pos = jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (2, 1, 40))
+    view = CacheView(keys=kr, values=lat, valid=valid, key_pos=pos, rope_pos=pos,
+                     query_offset=jnp.zeros((2,), jnp.int32))
+    got = run(lambda a, b, v: mla_decode_over_view(a, b, v, None, scale=0.2, impl="pallas"),
+              ql, qr, view)
+    q = jnp.concatenate([ql, qr], -1)[:, None, :, None]
+    want, mass = grouped_attention(q, jnp.concatenate([lat, kr], -1), lat,
+                                   valid[:, :, None, None, :], scale=0.2)
+    np.testing.assert_allclose(got[0], want[:, 0, :, 0], atol=1e-4)
+    np.testing.assert_allclose(got[1], mass, atol=1e-5)
