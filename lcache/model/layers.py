@@ -172,7 +172,8 @@ class Attention(nnx.Module):
         out_BHqD, slot_probs = decode_over_view(
             q_rot[:, :, 0], view, self.inv_freq, variant=self.cfg.attention,
             sink_logit=None if self.cfg.attention != "sink_logit" else self.sink_logit[...],
-            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl)
+            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl, state=state,
+            policy=policy)
         state = policy.observe(state, slot_probs)
         b, hq, d = out_BHqD.shape
         h = view.keys.shape[1]
