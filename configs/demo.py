@@ -29,8 +29,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     if v not in VARIANTS:
         raise ValueError(f"unknown demo variant {v!r}; expected one of {sorted(VARIANTS)}")
     c = ml_collections.ConfigDict(VARIANTS[v])
-    c.models = ml_collections.ConfigDict(dict(softmax="models/softmax",
-                                              sinktoken="models/sinktoken"))
+    c.models = (("softmax", "models/softmax"), ("sinktoken", "models/sinktoken"))  # name, dir
     c.stream_tokens = a["tokens"] or c.stream_tokens
     c.cache_sizes = (a["cache"],) if a["cache"] else c.cache_sizes
     c.recompute_stride = a["stride"] or c.recompute_stride
@@ -43,4 +42,5 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.temperature = 0.7
     c.seed = 0
     c.compute_dtype = "float32"
+    c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates
     return c

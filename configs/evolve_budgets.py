@@ -53,4 +53,5 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.num_sinks = 4  # unused by SnapKV; make_policy's signature
     c.window = 8  # SnapKV observation window (KVCache-Factory)
     c.compute_dtype = "float32"
+    c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates
     return c

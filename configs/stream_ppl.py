@@ -48,4 +48,5 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.h2o = v != "smoke"  # also H2O at the same cache size (original RoPE positions)
     c.recompute_batch = 32  # windows per recomputation forward
     c.compute_dtype = "float32"
+    c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates
     return c

@@ -41,4 +41,5 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.window = 8  # SnapKV-family observation window
     c.seed = 0
     c.compute_dtype = "float32"
+    c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates
     return c

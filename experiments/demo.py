@@ -10,8 +10,8 @@ table (per byte), the sink rate on the first token that explains it, and a text 
 softmax model under StreamingLLM past its cache size.
 Each cache size in ``cache_sizes`` gets its own rows (dense and the sink rates are per model).
 Writes ``demo.csv`` (``model,policy,num_sinks,cache_size,tokens,ppl,common_ppl``),
-``demo_curve.csv``, ``demo_sink_rate.csv``, ``demo_cache<N>.png`` and ``sample.txt`` to
-``--workdir``.
+``demo_curve.csv``, ``demo_sink_rate.csv``, ``demo_nll.npz`` (per-token NLL of every run),
+``demo_<model>_cache<N>.png`` and ``sample.txt`` to ``--workdir``.
 """
 
 from __future__ import annotations
@@ -34,18 +34,22 @@ PUBLISHED = ("Published (StreamingLLM Table 3, 160M models, cache 1024, PPL): va
 
 
 def pivot(rows: list[dict], rates: dict[str, dict]) -> list[dict]:
-    """Summary rows -> one row per model and cache size: ppl per policy (dense, whose cache
-    holds everything, repeated on each), then the model's sink rates."""
+    """Summary rows -> one row per model and cache size: ppl per policy over the whole stream
+    (dense, whose cache holds everything, repeated on each), recomputation and window only on
+    the bytes the recomputation scores (``*``), then the model's sink rates."""
     dense = {r["model"]: r["ppl"] for r in rows if r["policy"] == "dense"}
     out = {}
     for r in rows:
         if r["policy"] == "dense":
             continue
         s = r["num_sinks"]
-        label = {"window": "window only", "streaming_llm": f"{s} sink{'s' * (s > 1)} + window"
-                 }.get(r["policy"], r["policy"])
-        key = (r["model"], r["cache_size"])
-        out.setdefault(key, dict(model=r["model"], cache=r["cache_size"]))[label] = r["ppl"]
+        label = {"window": "window only", "streaming_llm": f"{s} sink{'s' * (s > 1)} + window",
+                 "recompute": "recompute*"}.get(r["policy"], r["policy"])
+        row = out.setdefault((r["model"], r["cache_size"]), dict(model=r["model"],
+                                                                 cache=r["cache_size"]))
+        row[label] = r["ppl"]
+        if r["policy"] == "window":  # on the bytes the recomputation baseline scores
+            row["window only*"] = r["common_ppl"]
     for (name, _), row in out.items():
         row.update({"dense": dense[name], "sink rate, first token": rates[name]["first"],
                     "sink rate, BOS": rates[name]["bos"]})
@@ -62,10 +66,11 @@ def sample_text(model, tok, c) -> str:
     return c.prompt + tok.decode(out.tolist())
 
 
+@streaming.experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
-    rows, curves, rates, sample = [], {}, {}, ""
-    for name, model_dir in c.models.items():
+    rows, curves, rates, nll, sample = [], {}, {}, {}, ""
+    for name, model_dir in c.models:
         model, tok = streaming.load_reference(model_dir, c.compute_dtype)
         stream = streaming.heldout_stream(tok, c.stream_tokens, c.offset)
         for i, cache in enumerate(c.cache_sizes):
@@ -73,7 +78,8 @@ def run(c, workdir: str) -> list[dict]:
             runs = streaming.streaming_runs(model, stream, cache, tuple(c.sinks), -1 if i == 0
                                             else 0, c.recompute_stride, False, c.chunk)
             rows += [dict(model=name, **r) for r in streaming.summary_rows(runs)]
-            curves.update({(cache, f"{name} {r.label}"): streaming.chunk_curve(
+            nll.setdefault(f"{name}_", []).extend(runs)
+            curves.update({(name, cache, r.label): streaming.chunk_curve(
                 r.nll, c.curve_every)[1] for r in runs})
         windows = streaming.heldout_windows(tok, c.sink_samples, c.sink_len,
                                             c.offset + c.stream_tokens)
@@ -81,9 +87,11 @@ def run(c, workdir: str) -> list[dict]:
         if name == c.sample_model:
             sample = sample_text(model, tok, c)
     write_outputs(c, workdir, rows, curves, rates, sample)
+    streaming.save_nll(os.path.join(workdir, "demo_nll.npz"), nll)
     print(f"Held-out stream of {c.stream_tokens} bytes (training context 512), perplexity per "
-          f"byte; recompute scores every {c.recompute_stride}-th byte; sink rate = Gu et al. "
-          f"(eps {c.sink_eps}, T={c.sink_len}), fraction of (sample, layer, head).")
+          f"byte; * = on every {c.recompute_stride}-th byte, the ones the sliding window with "
+          f"recomputation scores; sink rate = Gu et al. (eps {c.sink_eps}, T={c.sink_len}), "
+          "fraction of (sample, layer, head) on the first token / on BOS.")
     print(streaming.markdown(pivot(rows, rates)))
     print(PUBLISHED)
     print(f"Sample ({c.sample_model} model, StreamingLLM 4+{c.sample_cache - 4}, "
@@ -93,7 +101,8 @@ def run(c, workdir: str) -> list[dict]:
 
 
 def write_outputs(c, workdir: str, rows, curves, rates, sample) -> None:
-    """CSVs, one curve plot per cache size (dense on each) and the text sample."""
+    """CSVs, one curve plot per model and cache size (with the model's dense curve) and the
+    text sample."""
     os.makedirs(workdir, exist_ok=True)
     streaming.write_csv(os.path.join(workdir, "demo.csv"), rows)
     streaming.write_csv(os.path.join(workdir, "demo_sink_rate.csv"),
@@ -101,14 +110,15 @@ def write_outputs(c, workdir: str, rows, curves, rates, sample) -> None:
                          for k, v in r.items()])
     ends = streaming.chunk_curve(np.zeros(c.stream_tokens), c.curve_every)[0]
     streaming.write_csv(os.path.join(workdir, "demo_curve.csv"), [
-        dict(cache=cache, run=label, end_token=int(e), ppl=float(v))
-        for (cache, label), ys in curves.items() for e, v in zip(ends, ys, strict=True)])
-    for cache in c.cache_sizes:
-        plots.plot_lines(ends, {label: ys for (n, label), ys in curves.items()
-                                if n == cache or label.endswith(" dense")},
-                         os.path.join(workdir, f"demo_cache{cache}.png"), "bytes streamed",
-                         f"ppl per {c.curve_every} bytes",
-                         f"StreamingLLM on our models, cache {cache}", logy=True)
+        dict(model=m, cache=n, run=label, end_token=int(e), ppl=float(v))
+        for (m, n, label), ys in curves.items() for e, v in zip(ends, ys, strict=True)])
+    for name, _ in c.models:
+        for cache in c.cache_sizes:
+            plots.plot_lines(ends, {label: ys for (m, n, label), ys in curves.items()
+                                    if m == name and (n == cache or label == "dense")},
+                             os.path.join(workdir, f"demo_{name}_cache{cache}.png"),
+                             "bytes streamed", f"ppl per {c.curve_every} bytes",
+                             f"{name} model, cache {cache}", logy=True)
     with open(os.path.join(workdir, "sample.txt"), "w") as f:
         f.write(sample)
 

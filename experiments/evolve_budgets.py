@@ -6,7 +6,8 @@
 A candidate is a vector of per-layer logits; ``allocate`` maps it to budgets that sum exactly
 to ``budget x layers`` (softmax share of what is left after ``min_budget`` per layer, in steps
 of ``quantum``, largest remainder). Layers are searched bottom-up in ``groups`` (EvolKV's
-group-wise scheme: one CMA-ES per group, the other groups frozen). Within a layer, SnapKV picks
+group-wise scheme: one CMA-ES per group, started from the incumbent, the other groups frozen;
+a group's best replaces the incumbent only if it is fitter). Within a layer, SnapKV picks
 the tokens. Fitness (minimised) on a small task set (``experiments.passkey.TaskSet``):
 ``log ppl`` of held-out continuations + passkey answer NLL - passkey accuracy. The result is
 compared with uniform, PyramidKV and DynamicKV budgets on the search set and on a test set
@@ -70,16 +71,19 @@ class Evaluator:
 
 
 def search(evaluate: Evaluator, num_layers: int, c) -> tuple[tuple[int, ...], list[dict]]:
-    """Group-wise CMA-ES from uniform logits -> (best budgets, history rows)."""
+    """Group-wise CMA-ES from uniform logits -> (best budgets, history rows). A group's best
+    candidate replaces the incumbent only if it is fitter, so the result is never worse on the
+    search set than the uniform start."""
     total = c.budget * num_layers
     logits = np.zeros(num_layers)
+    best = evaluate(allocate(logits, total, c.min_budget, c.quantum))["fitness"]
     key = jax.random.key(c.seed)
     history = []
     for g, layers in enumerate(np.array_split(np.arange(num_layers), c.groups)):
         es = CMA_ES(population_size=c.popsize, solution=jnp.zeros(layers.size))
         params = es.default_params.replace(std_init=c.sigma)
         key, sub = jax.random.split(key)
-        state = es.init(sub, jnp.zeros(layers.size), params)
+        state = es.init(sub, jnp.asarray(logits[layers]), params)
         for gen in range(c.generations):
             key, k_ask, k_tell = jax.random.split(key, 3)
             pop, state = es.ask(k_ask, state, params)
@@ -95,7 +99,9 @@ def search(evaluate: Evaluator, num_layers: int, c) -> tuple[tuple[int, ...], li
             state, _ = es.tell(k_tell, pop, jnp.asarray(fit), state, params)
             logging.info("group %d generation %d: best %.4f (%d evaluated)", g, gen,
                          float(state.best_fitness), len(evaluate.memo))
-        logits[layers] = np.asarray(state.best_solution)
+        if float(state.best_fitness) < best:
+            best = float(state.best_fitness)
+            logits[layers] = np.asarray(state.best_solution)
     return allocate(logits, total, c.min_budget, c.quantum), history
 
 
@@ -115,6 +121,7 @@ def baseline(name: str, evaluate: Evaluator, model, c) -> tuple[tuple[int, ...],
     return budgets, evaluate(budgets)
 
 
+@streaming.experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
     model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)

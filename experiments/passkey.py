@@ -171,14 +171,17 @@ def plot_heatmaps(rows: list[dict], depths, contexts, path: str, cols: int = 4) 
     """One accuracy heatmap (depth x context length) per policy and budget."""
     panels = cells(rows)
     n_rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(2.6 * cols + 1, 2.2 * n_rows + 0.6), dpi=100)
+    fig = Figure(figsize=(2.6 * cols + 1, 2.4 * n_rows + 0.6), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
+    axes = fig.subplots(n_rows, cols, squeeze=False, gridspec_kw=dict(hspace=0.5)).ravel()
     for ax, ((kind, label), acc) in zip(axes, panels.items(), strict=False):
         grid = np.full((len(depths), len(contexts)), np.nan)
         for (d, n), a in acc.items():
             grid[list(depths).index(d), list(contexts).index(n)] = a
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        for (i, j), a in np.ndenumerate(grid):
+            ax.text(j, i, "" if np.isnan(a) else f"{a:.2f}", ha="center", va="center",
+                    fontsize=7, color="w" if a < 0.5 else "k")
         ax.set_xticks(range(len(contexts)), [str(x) for x in contexts], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
         ax.set_title(f"{kind}, budget {label}", fontsize=8)
@@ -191,6 +194,7 @@ def plot_heatmaps(rows: list[dict], depths, contexts, path: str, cols: int = 4) 
     return path
 
 
+@streaming.experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
     model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)

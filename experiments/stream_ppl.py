@@ -7,8 +7,10 @@ StreamingLLM with 1/2/4/8 sinks and H2O at one cache size, then dense attention 
 ``dense_tokens`` and the sliding window with recomputation on every ``recompute_stride``-th
 target. Writes to ``--workdir``:
 
-  stream_ppl.csv        policy,num_sinks,cache_size,tokens,ppl,common_ppl
+  stream_ppl.csv        policy,num_sinks,cache_size,tokens,ppl,common_ppl (common: the targets
+                        every bounded-cache run scored, i.e. recomputation's)
   stream_ppl_curve.csv  policy,num_sinks,cache_size,end_token,ppl (per ``curve_every`` tokens)
+  stream_ppl_nll.npz    every run's per-token NLL (NaN where not scored)
   stream_ppl.png        the curves, log scale
 """
 
@@ -23,6 +25,7 @@ from experiments import streaming
 from lcache.analysis import plots
 
 
+@streaming.experiment
 def run(c, workdir: str) -> list[dict]:
     """Run the comparison of config ``c``; write the CSVs and plot; return the summary rows."""
     start = time.time()
@@ -36,6 +39,7 @@ def run(c, workdir: str) -> list[dict]:
     os.makedirs(workdir, exist_ok=True)
     streaming.write_csv(os.path.join(workdir, "stream_ppl.csv"), rows)
     streaming.write_csv(os.path.join(workdir, "stream_ppl_curve.csv"), curve)
+    streaming.save_nll(os.path.join(workdir, "stream_ppl_nll.npz"), {"": runs})
     ends = streaming.chunk_curve(runs[0].nll, c.curve_every)[0]
     plots.plot_lines(ends, {r.label: streaming.chunk_curve(r.nll, c.curve_every)[1]
                             for r in runs},

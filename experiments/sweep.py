@@ -25,9 +25,10 @@ from lcache.cache import Policy, cache_bytes
 
 
 def policy_bytes(policy, cfg) -> int:
-    """Bytes of every layer's cache for one sequence, bf16 storage."""
-    return cache_bytes(policy if isinstance(policy, Policy) else tuple(policy), 1,
-                       cfg.num_kv_heads, cfg.head_size, q_heads=cfg.num_heads)
+    """Bytes of all layers' caches for one sequence, bf16 storage (one policy is used in every
+    layer)."""
+    layers = (policy,) * cfg.num_layers if isinstance(policy, Policy) else tuple(policy)
+    return cache_bytes(layers, 1, cfg.num_kv_heads, cfg.head_size, q_heads=cfg.num_heads)
 
 
 def pareto(xs, ys) -> np.ndarray:
@@ -66,6 +67,7 @@ def plot(rows: list[dict], path: str) -> str:
     return path
 
 
+@streaming.experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
     model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)

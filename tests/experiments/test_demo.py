@@ -14,7 +14,9 @@ def test_smoke_end_to_end(tmp_path, capsys):
     assert {r["model"] for r in table} == {"softmax", "sinktoken"}
     assert {r["policy"] for r in table} == {"window", "streaming_llm", "dense", "recompute"}
     out = capsys.readouterr().out
-    assert "| model | cache | window only | 1 sink + window | recompute | dense |" in out
+    header = "| model | cache | window only | window only* | 1 sink + window | recompute* | dense |"
+    assert header in out
     assert "sink rate, first token" in out
-    for name in ("demo_curve.csv", "demo_sink_rate.csv", "sample.txt", "demo_cache16.png"):
+    for name in ("demo_curve.csv", "demo_sink_rate.csv", "sample.txt", "demo_nll.npz",
+                 "demo_softmax_cache16.png", "demo_sinktoken_cache16.png"):
         assert (tmp_path / name).stat().st_size > 0

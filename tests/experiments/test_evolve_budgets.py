@@ -19,6 +19,8 @@ def test_smoke_end_to_end(tmp_path):
         (m, s) for m in ("uniform", "evolved") for s in ("search", "test")}
     for r in rows:
         assert sum(map(int, r["budgets"].split("-"))) == 32 * 2
+    fit = {(r["method"], r["split"]): r["fitness"] for r in rows}
+    assert fit["evolved", "search"] <= fit["uniform", "search"]  # the search keeps its start
     assert (tmp_path / "evolve_history.csv").exists()
     assert (tmp_path / "evolve.png").stat().st_size > 0
 

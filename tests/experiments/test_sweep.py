@@ -18,6 +18,14 @@ def test_smoke_end_to_end(tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
+def test_policy_bytes_count_every_layer():
+    cfg = get_config("smoke")
+    model, _ = sweep.streaming.load_reference(cfg.model_dir)
+    one = sweep.policy_bytes(sweep.streaming.make_policy("snapkv", 32, model.cfg, 64), model.cfg)
+    per_layer = sweep.policy_bytes(sweep.streaming.snapkv_layers((32,) * 2), model.cfg)
+    assert one == per_layer > 0
+
+
 def test_pareto_front():
     x = np.array([1.0, 2.0, 3.0, 4.0, 2.0])
     y = np.array([5.0, 3.0, 4.0, 1.0, 6.0])
