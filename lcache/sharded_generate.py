@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lcache.cache import Policy
-from lcache.generate import check_fits, pad_prompts
+from lcache.eval.batching import check_fits, pad_prompts
 from lcache.sampling import Sampling, sample_logits
 from lcache.sharding import MeshLayout, PmapLayout, make_mesh
 
@@ -169,7 +169,7 @@ class Generator:
         if tokens.min() < 0 or tokens.max() >= vocab:
             raise ValueError(f"token ids must be in [0, {vocab})")
         n = self.sampling.max_new_tokens
-        check_fits(self.model, self.policy, tokens.shape[1], n)
+        check_fits(self.model.cfg, self.policy, tokens.shape[1], n)
         lengths, rows, seed_ = self._batch(lengths, seed)
         toks, logits = self._compiled(_generate, _BATCH_IN, steps=n - 1,
                                       keep_logits=return_logits)(

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from lcache.cache import Dense
-from lcache.generate import _generate, generate
+from lcache.eval import SHARED
+from lcache.generate import generate
 from lcache.model import ModelConfig, Transformer
 from lcache.sampling import Sampling, sample_logits
 
@@ -57,11 +58,11 @@ def test_top_k_and_top_p_filters():
 
 
 def test_compiles_once_for_many_steps_and_prompts(model):
-    _generate.clear_cache()
+    before = SHARED.stats["generate"].compiles
     s = Sampling(max_new_tokens=64)
     generate(model, [[1, 2, 3]], Dense(128), s)
     generate(model, [[4, 5, 6, 7, 8]], Dense(128), s)  # same padded shape: no recompile
-    assert _generate._cache_size() == 1
+    assert SHARED.stats["generate"].compiles - before == 1
 
 
 @pytest.mark.parametrize("prompts,policy,match", [

@@ -1,0 +1,93 @@
+"""The compiled programs of the evaluation engine: pure functions of the model's graphdef and
+params, device arrays and static keyword arguments (the policy, the sampling rule).
+
+Each is compiled once per (static arguments, argument shapes) by ``ProgramCache`` and never per
+token: decode runs inside ``lax.while_loop`` / ``lax.scan``. Token positions count text tokens
+from 0 (``-1`` marks padding); rows are right-padded to a common length.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcache.sampling import sample_logits
+
+
+def token_nll(logits, targets):
+    """``logits [..., V]`` float32, ``targets [...]`` int -> NLL ``[...]`` in nats."""
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def prompt_positions(lengths_B, t: int):
+    """``[B, T]`` text positions of right-padded rows of ``lengths [B]`` (``-1`` = padding)."""
+    steps = jnp.arange(t, dtype=jnp.int32)[None]
+    return jnp.where(steps < lengths_B[:, None], steps, -1)
+
+
+def init_cache(graphdef, params, *, policy, batch: int):
+    """Empty per-layer caches for ``batch`` rows (holding the model's sink tokens, if any)."""
+    return nnx.merge(graphdef, params).init_cache(policy, batch)
+
+
+def prefill(graphdef, params, caches, tokens_BT, pos_BT, targets_BT, *, policy):
+    """A chunk ``tokens [B, T]`` at ``pos [B, T]`` into ``caches`` -> ``(nll [B, T], caches)``:
+    ``nll[b, t]`` scores ``targets[b, t]`` as the token after ``tokens[b, t]``."""
+    logits, caches = nnx.merge(graphdef, params).prefill(tokens_BT, pos_BT, caches, policy)
+    return token_nll(logits, targets_BT), caches
+
+
+def decode_nll(graphdef, params, caches, inputs_TB, targets_TB, pos_TB, *, policy):
+    """``T`` teacher-forced decode steps as one ``lax.scan`` -> ``(caches, nll [T, B])``."""
+    model = nnx.merge(graphdef, params)
+
+    def step(caches, x):
+        tok, tgt, pos = x
+        logits, caches = model.decode(tok, pos, caches, policy)
+        return caches, token_nll(logits, tgt)
+
+    return jax.lax.scan(step, caches, (inputs_TB, targets_TB, pos_TB))
+
+
+def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampling):
+    """Prefill right-padded prompts ``tokens [B, T]`` of ``lengths [B]``, then decode in a
+    ``lax.while_loop`` -> ``[B, sampling.max_new_tokens]`` int32 (``eos_id`` after a row's
+    end). ``rng_bits``: ``jax.random.key_data`` of the sampling key."""
+    model = nnx.merge(graphdef, params)
+    b, t = tokens_BT.shape
+    caches = model.init_cache(policy, b)
+    logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, t), caches, policy)
+    last = jnp.take_along_axis(logits, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+    rng, sub = jax.random.split(jax.random.wrap_key_data(rng_bits))
+    first = sample_logits(last, sub, sampling)
+    n = sampling.max_new_tokens
+    out = jnp.zeros((b, n), jnp.int32).at[:, 0].set(first)
+    eos = -1 if sampling.eos_id is None else sampling.eos_id
+
+    def cond(carry):
+        i, _, _, done, _, _ = carry
+        return (i < n) & ~jnp.all(done)
+
+    def body(carry):
+        i, tok, caches, done, out, rng = carry
+        logits, caches = model.decode(tok, lengths_B + i - 1, caches, policy)
+        rng, sub = jax.random.split(rng)
+        nxt = jnp.where(done, eos, sample_logits(logits, sub, sampling))
+        return i + 1, nxt, caches, done | (nxt == eos), out.at[:, i].set(nxt), rng
+
+    carry = (jnp.int32(1), first, caches, first == eos, out, rng)
+    return jax.lax.while_loop(cond, body, carry)[4]
+
+
+def window_nll(graphdef, params, windows_BW, last_B, targets_B):
+    """A fresh full forward over each window ``[B, W]`` -> NLL ``[B]`` of ``targets [B]`` after
+    the token at column ``last [B]`` (the sliding window with recomputation)."""
+    logits = nnx.merge(graphdef, params)(windows_BW)
+    return token_nll(jnp.take_along_axis(logits, last_B[:, None, None], axis=1)[:, 0], targets_B)
+
+
+def attention_weights(graphdef, params, tokens_NT):
+    """Full-forward attention weights ``[L, N, Hq, K+T, K+T]`` float32 (``K`` sink tokens)."""
+    return nnx.merge(graphdef, params).analyze(tokens_NT)["weights"]
