@@ -4,23 +4,31 @@
     python -m experiments.train --config=configs/train.py:small --workdir=runs/small
     python -m experiments.train --config=configs/train.py:small,attn=sigmoid --workdir=runs/sig
     python -m experiments.train --config=configs/train.py:backcopy --workdir=runs/backcopy
+    python -m experiments.train --config=configs/train.py:ref,tasks=8,time=500 --workdir=runs/ref
+    python -m experiments.train --config=configs/train.py:ref,tasks=8,sinks=1,time=500 \
+        --workdir=runs/ref_sinktoken
 
 Variants: smoke (CPU, < 1 min), tiny (CPU, minutes), small (the GPU reference model),
-medium (a 100M-class shape used to measure GPU training throughput / MFU),
+medium (a 100M-class shape used to measure GPU training throughput / MFU), ref (the v2
+reference models: 7.9 M parameters, 8 layers, GQA 4/2, context 2048, lr 2e-3, fits 16 MiB in
+bf16; RESULTS.md has the recipe and what it reached),
 backcopy (Guo et al.'s Bigram-Backcopy task: strong sinks in minutes).
 Args after the variant: attn=<variant>, sinks=<learnable sink tokens>, gated=<bool>, wd=<float>,
-steps=<int>, mla=<bool>. Anything else: --config.path.to.key=value.
+steps=<int>, mla=<bool>, tasks=<RULER-style task rows per batch (lcache.data.ruler)>,
+time=<seconds budget>, seed=<int>. Anything else: --config.path.to.key=value.
 """
 
 import ml_collections
 
 from configs.common import parse_arg
+from lcache.data.ruler import TASKS
 
 MODELS = {
     "smoke": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=160),
     "tiny": dict(dim=128, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=352),
     "small": dict(dim=192, num_layers=6, num_heads=6, num_kv_heads=3, ffn_dim=512),
     "medium": dict(dim=1024, num_layers=8, num_heads=16, num_kv_heads=8, ffn_dim=2816),
+    "ref": dict(dim=256, num_layers=8, num_heads=4, num_kv_heads=2, ffn_dim=1024),
     "backcopy": dict(dim=128, num_layers=3, num_heads=4, num_kv_heads=4, ffn_dim=352),
 }
 TRAIN = {
@@ -32,6 +40,8 @@ TRAIN = {
                   eval_every=1000, eval_batches=16, ckpt_every=1000, lr=2e-3),
     "medium": dict(steps=2000, batch=32, seq_len=1024, warmup=100, log_every=20,
                    eval_every=1000, eval_batches=4, ckpt_every=10000, lr=1e-3),
+    "ref": dict(steps=3600, batch=32, seq_len=2048, warmup=200, log_every=100,
+                eval_every=1200, eval_batches=8, ckpt_every=1200, lr=2e-3),
     "backcopy": dict(steps=3000, batch=64, seq_len=128, warmup=100, log_every=100,
                      eval_every=1000, eval_batches=4, ckpt_every=1000, lr=1e-3),
 }
@@ -39,7 +49,7 @@ TRAIN = {
 
 def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="smoke", attn="softmax", sinks=0, gated=False, wd=0.5, steps=0,
-                  passkey=0, mla=False, seed=0, time=0.0)
+                  tasks=0, mla=False, seed=0, time=0.0)
     v = a["variant"]
     if v not in MODELS:
         raise ValueError(f"unknown train variant {v!r}; expected one of {sorted(MODELS)}")
@@ -58,7 +68,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
         c.train.steps = a["steps"]
     c.data = ml_collections.ConfigDict(dict(
         path=None, tokenizer="byte", bpe_vocab=1024, heldout_fraction=0.05,
-        cache_dir="runs/.token_cache", passkey_rows=a["passkey"]))
+        cache_dir="runs/.token_cache", task_rows=a["tasks"], tasks=TASKS))
     c.data.path = ml_collections.FieldReference(None, field_type=str)
     c.data.max_bytes = ml_collections.FieldReference(
         {"smoke": 2_000_000, "tiny": 20_000_000}.get(v), field_type=int)

@@ -1,4 +1,4 @@
-"""Batch sources for training: the text corpus, optional passkey rows, Bigram-Backcopy.
+"""Batch sources for training: the text corpus, optional RULER-style task rows, Bigram-Backcopy.
 
 Each source is a pure function ``step -> (tokens [B, T+1] int32, weights [B, T] float32)`` so a
 resumed run replays the same batches.
@@ -18,9 +18,9 @@ from lcache.data import (
     list_files,
     load_tokens,
     make_tokenizer,
-    passkey_training_batch,
     split_files,
 )
+from lcache.data.ruler import TASKS, training_rows
 
 
 @dataclasses.dataclass
@@ -50,23 +50,26 @@ def load_corpus(path: str | None, tokenizer_kind: str = "byte", bpe_vocab: int =
     return Corpus(tok, train, heldout)
 
 
-def corpus_source(corpus: Corpus, batch: int, seq_len: int, seed: int,
-                  passkey_rows: int = 0) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
-    """Random corpus windows with BOS on every row; the last ``passkey_rows`` rows of each batch
-    are passkey examples (loss on every token) so the model learns to retrieve."""
-    if not 0 <= passkey_rows < batch:
-        raise ValueError(f"passkey_rows={passkey_rows} must be in [0, batch={batch})")
+def corpus_source(corpus: Corpus, batch: int, seq_len: int, seed: int, task_rows: int = 0,
+                  tasks=TASKS) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """Random corpus windows with BOS on every row; the last ``task_rows`` rows of each batch
+    are synthetic retrieval examples (``lcache.data.ruler``: ``tasks``, needles hidden in the
+    training text, loss on every token) so the model learns to retrieve."""
+    if not 0 <= task_rows < batch:
+        raise ValueError(f"task_rows={task_rows} must be in [0, batch={batch})")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if task_rows and (not tasks or unknown):
+        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tuple(tasks)}")
     tok = corpus.tokenizer
-    stream = TrainStream(corpus.train, batch - passkey_rows, seq_len, tok.bos_id, seed)
+    stream = TrainStream(corpus.train, batch - task_rows, seq_len, tok.bos_id, seed)
 
     def source(step: int):
         tokens = stream.batch_at(step)
         weights = np.ones((tokens.shape[0], seq_len), np.float32)
-        if passkey_rows:
+        if task_rows:
             rng = np.random.default_rng([seed, step, 1])
-            pk, pk_w = passkey_training_batch(tok, passkey_rows, seq_len, rng,
-                                              answer_only=False)
-            tokens, weights = np.concatenate([tokens, pk]), np.concatenate([weights, pk_w])
+            rows, row_w = training_rows(tok, corpus.train, task_rows, seq_len, rng, tuple(tasks))
+            tokens, weights = np.concatenate([tokens, rows]), np.concatenate([weights, row_w])
         return tokens, weights
 
     return source

@@ -24,8 +24,10 @@ Batches (`batching.py`): int32 [b, seq_len + 1] with BOS in column 0;
   inputs = out[:, :-1], targets = out[:, 1:]. `TrainStream.batch_at(step)` is a pure function
   of (seed, step), so resumed runs are bit-identical.
 
-Tasks: passkey retrieval (`passkey.py`, Landmark Attention) and Bigram-Backcopy
-  (`bigram_backcopy.py`, Guo et al. 2024).
+Tasks: passkey retrieval (`passkey.py`, Landmark Attention), the RULER-style suite (`ruler.py`:
+  passkey, multi-key / multi-value / multi-query needles, variable tracking, common-word
+  extraction; exact scoring; also training rows) and Bigram-Backcopy (`bigram_backcopy.py`,
+  Guo et al. 2024).
 """
 
 from lcache.data.batching import TrainStream, eval_batches, sample_batch
@@ -43,7 +45,6 @@ from lcache.data.corpus import (
 from lcache.data.passkey import (
     PasskeyExample,
     make_passkey,
-    passkey_training_batch,
     sample_passkeys,
     score_passkey,
 )
@@ -72,7 +73,6 @@ __all__ = [
     "load_tokens",
     "make_passkey",
     "make_tokenizer",
-    "passkey_training_batch",
     "read_texts",
     "sample_batch",
     "sample_passkeys",

@@ -170,36 +170,3 @@ def score_passkey(generated_text: str, key: int) -> bool:
 def answer_text(key: int) -> str:
     """What follows the prompt in training: " {key}."."""
     return f" {key}."
-
-
-def passkey_training_batch(
-    tokenizer: Tokenizer,
-    batch: int,
-    context_len: int,
-    rng: np.random.Generator,
-    answer_only: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fine-tuning batch -> (tokens int32 [batch, T + 1], loss_mask float32 [batch, T]), T =
-    context_len.
-
-    Each row: a prompt (random depth and key, `make_passkey`) followed by the ids of " {key}.",
-    padded with pad_id. The prompt and answer are encoded separately, so the answer tokens sit
-    at known positions. loss_mask[:, t] weights the target tokens[:, t + 1]: 1 on the answer
-    tokens only (answer_only=True) or on every non-pad target (answer_only=False).
-    """
-    if batch < 1:
-        raise ValueError(f"batch={batch} must be >= 1")
-    if context_len < 1:
-        raise ValueError(f"context_len={context_len} must be >= 1")
-    tokens = np.full((batch, context_len + 1), tokenizer.pad_id, dtype=np.int32)
-    loss_mask = np.zeros((batch, context_len), dtype=np.float32)
-    for b in range(batch):
-        key, depth = _random_key(rng), float(rng.random())
-        answer_ids = tokenizer.encode(answer_text(key))
-        example = make_passkey(tokenizer, context_len + 1 - len(answer_ids), depth, key)
-        prompt_len, answer_len = len(example.prompt_ids), len(answer_ids)
-        tokens[b, :prompt_len] = example.prompt_ids
-        tokens[b, prompt_len : prompt_len + answer_len] = answer_ids
-        first = prompt_len - 1 if answer_only else 0
-        loss_mask[b, first : prompt_len + answer_len - 1] = 1.0
-    return tokens, loss_mask

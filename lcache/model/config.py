@@ -8,6 +8,7 @@ from lcache.model.rope import ROPE_SCALINGS
 
 ATTENTION_VARIANTS = ("softmax", "off_by_one", "sink_logit", "softpick", "sigmoid", "relu")
 ATTENTION_IMPLS = ("xla", "pallas", "auto")
+TRAIN_ATTENTION = ("xla", "cudnn", "auto")
 MLA_IMPLS = ("naive", "absorb")
 
 
@@ -46,6 +47,9 @@ class ModelConfig:
     num_sink_tokens: int = 0
     sliding_window: int = 0  # W > 0: a query at t sees keys in (t - W, t] only (Mistral)
     attention_impl: str = "xla"
+    # full-sequence (training) attention: 'cudnn' = fused flash attention (softmax variant, 16-bit
+    # compute, GPU), 'xla' = explicit masks (materialises T x T), 'auto' = cudnn where it applies
+    train_attention: str = "auto"
     compute_dtype: str = "float32"  # "bfloat16" for mixed precision (params stay float32)
     mla_kv_lora_rank: int = 0  # latent width d_c; > 0 turns MLA on
     mla_q_lora_rank: int = 0  # query latent width; 0 = no query compression
@@ -86,6 +90,9 @@ class ModelConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; "
                              f"expected one of {ATTENTION_IMPLS}")
+        if self.train_attention not in TRAIN_ATTENTION:
+            raise ValueError(f"unknown train_attention {self.train_attention!r}; "
+                             f"expected one of {TRAIN_ATTENTION}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError("compute_dtype must be float32 or bfloat16, got "
                              f"{self.compute_dtype!r}")

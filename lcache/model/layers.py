@@ -11,6 +11,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 from lcache.attention.core import grouped_attention
@@ -104,6 +105,30 @@ class Attention(nnx.Module):
                                  sigmoid_bias=self.cfg.sigmoid_bias,
                                  return_weights=return_weights)
 
+    def _fused(self, q_BHqTD, k_BHTD, v_BHTD):
+        """Causal flash attention through cuDNN (``jax.nn.dot_product_attention``) for training:
+        never materialises the ``T x T`` weights. -> ``out [B, Hkv, G, T, D]``, or None where it
+        does not apply (other variants or windows, float32 compute, not a GPU, a shape cuDNN
+        rejects at trace time)."""
+        cfg = self.cfg
+        want = cfg.train_attention == "cudnn" or (
+            cfg.train_attention == "auto" and jax.default_backend() == "gpu")
+        if not want or cfg.attention != "softmax" or cfg.sliding_window or (
+                jnp.dtype(cfg.compute_dtype) == jnp.float32):
+            return None
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q_BHqTD, k_BHTD, v_BHTD))  # [B, T, H, D]
+        try:
+            out_BTHD = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                                    implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError) as err:
+            if cfg.train_attention == "cudnn":
+                raise
+            logging.warning("cuDNN attention unavailable (%s); using the XLA path", err)
+            return None
+        b, t, hq, d = out_BTHD.shape
+        h = k_BHTD.shape[1]
+        return out_BTHD.transpose(0, 2, 1, 3).reshape(b, h, hq // h, t, d)
+
     def _in_window(self, q_pos, k_pos):
         """Broadcast bool: key within the model's sliding window of the query (or no window)."""
         w = self.cfg.sliding_window
@@ -119,6 +144,9 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x)
         q = apply_rope(q, pos_BT[:, None], self.inv_freq)
         k = apply_rope(k, pos_BT[:, None], self.inv_freq)
+        fused = None if taps is not None else self._fused(q, k, v)  # positions are 0..T-1 here
+        if fused is not None:
+            return self._output(x, fused)
         q_pos, k_pos = pos_BT[:, :, None], pos_BT[:, None, :]
         mask = ((k_pos <= q_pos) & self._in_window(q_pos, k_pos))[:, None, None]  # [B,1,1,T,S]
         if taps is None:

@@ -8,7 +8,6 @@ import pytest
 from lcache.data import (
     ByteTokenizer,
     make_passkey,
-    passkey_training_batch,
     sample_passkeys,
     score_passkey,
 )
@@ -65,27 +64,6 @@ def test_score_passkey():
     assert not score_passkey("no digits", 12345)
 
 
-@pytest.mark.parametrize("answer_only", [True, False])
-def test_training_batch(tokenizer, answer_only):
-    tokens, mask = passkey_training_batch(
-        tokenizer, 3, 500, np.random.default_rng(0), answer_only=answer_only
-    )
-    assert tokens.shape == (3, 501) and tokens.dtype == np.int32
-    assert mask.shape == (3, 500) and mask.dtype == np.float32
-    for row, row_mask in zip(tokens, mask, strict=True):
-        assert row[0] == tokenizer.bos_id
-        text = tokenizer.decode(row)
-        key = int(text.rsplit(" ", 1)[1].rstrip("."))
-        assert text.endswith(f"{QUESTION} {key}.")
-        targets = row[1:][row_mask > 0]
-        if answer_only:
-            assert tokenizer.decode(targets) == f" {key}."
-        else:
-            assert (targets != tokenizer.pad_id).all()
-            assert tokenizer.decode(targets) == text
-        assert not row_mask[row[1:] == tokenizer.pad_id].any()  # pads are never scored
-
-
 def test_bad_inputs_raise():
     tok = ByteTokenizer()
     for depth in (-0.1, 1.5, math.nan):
@@ -97,5 +75,3 @@ def test_bad_inputs_raise():
         sample_passkeys(tok, 0, 1000, 0.5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="depth=2"):
         sample_passkeys(tok, 2, 1000, 2, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="batch=0"):
-        passkey_training_batch(tok, 0, 1000, np.random.default_rng(0))
