@@ -1,10 +1,12 @@
 """KV-cache state and policies. Imports only jax and numpy: usable in any JAX project."""
 
+from lcache.cache import registry
 from lcache.cache.base import Dense, Policy, PrefillMass, advance_seen, write_slots
 from lcache.cache.budgets import Budget, cache_bytes, dynamic, per_layer, pyramid, uniform
 from lcache.cache.h2o import H2O, ValueAware
 from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
 from lcache.cache.recompress import Recompress
+from lcache.cache.registry import LayerPolicies
 from lcache.cache.scored import ScoredPolicy
 from lcache.cache.scorers import TOVA, KeyNorm, Random
 from lcache.cache.selection import evict, keep_top, priority, select
@@ -13,9 +15,9 @@ from lcache.cache.state import EMPTY, CacheView, KVState, empty_state
 from lcache.cache.voting import observer_probs, observers, pool_by_position
 from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "KVState", "KeyNorm", "Policy",
-           "PrefillMass", "Quantized", "QuantizedKVState", "Random", "Recompress", "ScoredPolicy",
-           "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware", "advance_seen", "cache_bytes",
-           "dynamic", "empty_state", "evict", "keep_top", "observer_probs", "observers",
-           "per_layer", "pool_by_position", "priority", "pyramid", "quantized", "select", "uniform",
-           "write_slots"]
+__all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "KVState", "KeyNorm",
+           "LayerPolicies", "Policy", "PrefillMass", "Quantized", "QuantizedKVState", "Random",
+           "Recompress", "ScoredPolicy", "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware",
+           "advance_seen", "cache_bytes", "dynamic", "empty_state", "evict", "keep_top",
+           "observer_probs", "observers", "per_layer", "pool_by_position", "priority", "pyramid",
+           "quantized", "registry", "select", "uniform", "write_slots"]

@@ -22,6 +22,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from lcache.cache.registry import register
 from lcache.cache.state import EMPTY, CacheView, KVState, empty_state
 
 
@@ -146,3 +147,9 @@ class Dense(Policy):
         slot = jnp.broadcast_to(pos[:, None, :], keys.shape[:3])
         return write_slots(state, jnp.where(slot == EMPTY, state.capacity, slot), keys, values,
                            pos)
+
+
+register("dense", Dense,
+         split="ignores the budget: prompt_len + max_new + num_model_sinks slots, nothing evicted",
+         make=lambda budget, ctx: Dense(ctx.prompt_len + ctx.max_new + ctx.num_model_sinks),
+         args_of=lambda p: {})

@@ -24,6 +24,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from lcache.cache.registry import Arg, default_of, register, round_half_up
 from lcache.cache.scored import ScoredPolicy, accumulate
 
 
@@ -65,6 +66,25 @@ class H2O(ScoredPolicy):
         return accumulate(state, slot_probs)
 
 
+def register_heavy_recent(name: str, cls: type[H2O], split: str) -> None:
+    """``recent`` (a fraction of the budget, rounded half up) newest tokens + heavy hitters."""
+
+    def make(budget, ctx, recent, normalize):
+        newest = round_half_up(recent * budget)
+        return cls(heavy=budget - newest, recent=newest, normalize=normalize)
+
+    register(name, cls, split=split, make=make,
+             args=dict(recent=Arg(0.5, "fraction of the budget for the newest tokens", low=0.0,
+                                  high=1.0),
+                       normalize=Arg(default_of(cls, "normalize"), "rank by mean attention")),
+             args_of=lambda p: dict(recent=p.recent / p.capacity, normalize=p.normalize),
+             least=lambda **_: (1, "at least one token"))
+
+
+register_heavy_recent("h2o", H2O, "recent * budget newest tokens (rounded half up) + the rest "
+                      "heavy hitters by accumulated attention")
+
+
 @dataclasses.dataclass(frozen=True)
 class ValueAware(H2O):
     """H2O ranked by accumulated attention x ``||v||``: a void sink (much attention, near-zero
@@ -73,3 +93,7 @@ class ValueAware(H2O):
     def rank(self, score, pos, values, seen):
         return super().rank(score, pos, values, seen) * jnp.linalg.norm(
             values.astype(jnp.float32), axis=-1)
+
+
+register_heavy_recent("value", ValueAware, "as h2o, heavy hitters ranked by accumulated "
+                      "attention x ||v||")

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from lcache.cache.base import Policy
+from lcache.cache.registry import Arg, register
 from lcache.cache.scored import ScoredPolicy
+from lcache.cache.snapkv import SNAP_ARGS, SnapKV, snap_args_of, snap_from_args, snap_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +73,20 @@ class Recompress(Policy):
 
     def visible(self, q_pos, k_pos):
         return self.base.visible(q_pos, k_pos)
+
+
+def _recompress_args(p: Recompress) -> dict:
+    base = p.base
+    if type(base) is not SnapKV or base.decode_capacity or p.target != base.budget:
+        raise ValueError(f"{p!r} has no spec: the registry's recompress re-selects a SnapKV "
+                         "without decode slots down to its own budget")
+    return dict(snap_args_of(base), interval=p.interval)
+
+
+register("recompress", Recompress,
+         split="snapkv with no decode slots: budget prompt tokens, then every interval decode "
+               "tokens re-selected down to budget (capacity budget + interval)",
+         args=dict(SNAP_ARGS, interval=Arg(16, "decode tokens between re-selections", low=1)),
+         make=lambda budget, ctx, interval, **a: Recompress(snap_from_args(budget, **a),
+                                                            interval, budget),
+         args_of=_recompress_args, least=snap_least)

@@ -11,6 +11,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from lcache.cache.registry import Arg, default_of, register
 from lcache.cache.scored import ScoredPolicy
 from lcache.cache.voting import candidates, observer_probs, observers
 
@@ -33,6 +34,17 @@ class _Budgeted(ScoredPolicy):
 
     def recent_protected(self) -> int:
         return self.window
+
+
+def register_budgeted(name: str, cls: type[_Budgeted], split: str, **extra: Arg) -> None:
+    """``budget`` tokens, ``window`` newest protected, plus ``extra`` class fields."""
+    register(name, cls, split=split,
+             args=dict(window=Arg(default_of(cls, "window"), "newest tokens always kept", low=0),
+                       **extra),
+             make=lambda budget, ctx, **a: cls(budget, **a),
+             args_of=lambda p: {k: getattr(p, k) for k in ("window", *extra)},
+             least=lambda window, **_: (max(1, window), f"at least one token and its window "
+                                                         f"of {window}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +78,10 @@ class TOVA(_Budgeted):
         return dataclasses.replace(state, score=jnp.broadcast_to(mean, state.score.shape))
 
 
+register_budgeted("tova", TOVA, "budget tokens by the current query's attention (head mean), "
+                  "the window newest always kept")
+
+
 def key_norm_score(keys):
     """``-||k||`` in float32 (kvpress ``KnormPress``; RoPE keeps the norm)."""
     return -jnp.linalg.norm(keys.astype(jnp.float32), axis=-1)
@@ -84,6 +100,10 @@ class KeyNorm(_Budgeted):
 
     def token_score(self, state, key, value, pos):
         return key_norm_score(key)
+
+
+register_budgeted("knorm", KeyNorm, "budget tokens of smallest key norm, the window newest "
+                  "always kept")
 
 
 def hash_uniform(seed: int, pos, head):
@@ -116,3 +136,7 @@ class Random(_Budgeted):
 
     def token_score(self, state, key, value, pos):
         return self._score(jnp.broadcast_to(pos[:, None, None], key.shape[:2] + (1,)))[..., 0]
+
+
+register_budgeted("random", Random, "budget tokens kept uniformly at random (seeded), the window "
+                  "newest always kept", seed=Arg(default_of(Random, "seed"), "hash seed", low=0))

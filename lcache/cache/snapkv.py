@@ -26,6 +26,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from lcache.cache.budgets import dynamic, pyramid
+from lcache.cache.registry import Arg, default_of, register
 from lcache.cache.scored import ScoredPolicy, accumulate, newest_pos
 from lcache.cache.voting import (
     POOLINGS,
@@ -113,3 +115,64 @@ class SnapKV(ScoredPolicy):
 
     def observe(self, state, slot_probs):
         return accumulate(state, slot_probs)
+
+
+# -- specs: snapkv and the per-layer budgets over it (pyramidkv, dynamickv) ------------------
+
+SNAP_ARGS = dict(
+    window=Arg(default_of(SnapKV, "window"), "observation window (newest queries vote)", low=1),
+    kernel=Arg(default_of(SnapKV, "kernel"), "pooling kernel over positions", low=1, odd=True),
+    pool=Arg(default_of(SnapKV, "pooling"), "pooling of the votes", choices=POOLINGS),
+    gqa=Arg(default_of(SnapKV, "gqa"), "query-group reduction", choices=GQA_MODES),
+)
+DECODE_ARG = Arg(None, "decode slots after the prompt", kind=int, context="max_new", low=0)
+
+
+def snap_from_args(budget: int, decode: int = 0, *, window, kernel, pool, gqa) -> SnapKV:
+    return SnapKV(budget, window, kernel, pool, gqa, decode)
+
+
+def snap_args_of(p: SnapKV) -> dict:
+    return dict(window=p.window, kernel=p.kernel, pool=p.pooling, gqa=p.gqa)
+
+
+def snap_least(window, **_):
+    return window + 1, f"an observation window of {window} + at least one voted token"
+
+
+register("snapkv", SnapKV,
+         split="budget - window prompt tokens by the pooled vote of the last window queries + "
+               "the window newest; plus decode slots for generation (capacity budget + decode)",
+         args=dict(SNAP_ARGS, decode=DECODE_ARG),
+         make=lambda budget, ctx, decode, **a: snap_from_args(budget, decode, **a),
+         args_of=lambda p: dict(snap_args_of(p), decode=p.decode_capacity),
+         least=snap_least, compresses=True)
+
+
+def _pyramidkv(budget, ctx, decode, beta, **a):
+    caps = pyramid(budget, ctx.num_layers, ctx.prompt_len, window=a["window"], beta=beta)
+    return tuple(snap_from_args(b, decode, **a) for b in caps)
+
+
+register("pyramidkv", None,
+         split="per-layer snapkv budgets (mean = budget) from the PyramidKV schedule "
+               "(KVCache-Factory rounding), largest in layer 0",
+         args=dict(SNAP_ARGS, decode=DECODE_ARG,
+                   beta=Arg(float(default_of(pyramid, "beta")), "layer 0 / last ratio", low=1.0)),
+         make=_pyramidkv, least=snap_least, compresses=True, needs=("num_layers",))
+
+
+def _dynamickv(budget, ctx, decode, r_max, **a):
+    # A SnapKV as large as the prompt keeps every token and stores its vote in ``score``.
+    caches = ctx.probe(snap_from_args(ctx.prompt_len + ctx.num_model_sinks, **a))
+    caps = dynamic(caches, budget, window=a["window"], r_max=r_max)
+    return tuple(snap_from_args(b, decode, **a) for b in caps)
+
+
+register("dynamickv", None,
+         split="per-layer snapkv budgets (mean = budget) from DynamicKV's global top votes of "
+               "a probe prefill that keeps everything",
+         args=dict(SNAP_ARGS, decode=DECODE_ARG,
+                   r_max=Arg(float(default_of(dynamic, "r_max")), "largest layer / mean",
+                             low=1.0)),
+         make=_dynamickv, least=snap_least, compresses=True, needs=("probe",))

@@ -27,6 +27,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from lcache.cache.base import Policy, write_slots
+from lcache.cache.registry import Arg, default_of, register
 from lcache.cache.state import EMPTY, CacheView
 
 POSITIONS = ("cache", "original")
@@ -103,6 +104,15 @@ class SlidingWindow(_SinkRing):
         return 0
 
 
+POSITIONS_ARG = Arg(default_of(SlidingWindow, "positions"), "key positions: 'cache' rotates with "
+                    "in-cache ranks (pos-shift), 'original' keeps them", choices=POSITIONS)
+register("window", SlidingWindow, split="the budget newest tokens",
+         args=dict(positions=POSITIONS_ARG),
+         make=lambda budget, ctx, positions: SlidingWindow(budget, positions),
+         args_of=lambda p: dict(positions=p.positions),
+         least=lambda **_: (1, "a window of at least one token"))
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamingLLM(_SinkRing):
     """Attention sinks (Xiao et al., 2024): ``num_sinks`` first tokens plus ``window`` recent.
@@ -125,3 +135,12 @@ class StreamingLLM(_SinkRing):
         if budget <= num_sinks:
             raise ValueError(f"StreamingLLM budget={budget} must exceed num_sinks={num_sinks}")
         return cls(window=budget - num_sinks, num_sinks=num_sinks, positions=positions)
+
+
+register("streaming_llm", StreamingLLM,
+         split="sinks first tokens + a ring of the budget - sinks newest",
+         args=dict(sinks=Arg(default_of(StreamingLLM, "num_sinks"), "first tokens pinned", low=0),
+                   positions=POSITIONS_ARG),
+         make=lambda budget, ctx, sinks, positions: StreamingLLM(budget - sinks, sinks, positions),
+         args_of=lambda p: dict(sinks=p.num_sinks, positions=p.positions),
+         least=lambda sinks, **_: (sinks + 1, f"{sinks} sinks + a window of at least one token"))
