@@ -22,10 +22,21 @@ import time
 import numpy as np
 from absl import logging
 
-from experiments import streaming
-from lcache.analysis import plots
+from experiments.common import cli, experiment
+from lcache.analysis import first_token_sink_rate, plots
 from lcache.cache import StreamingLLM
-from lcache.generate import generate
+from lcache.data.heldout import heldout_stream, heldout_windows
+from lcache.eval import (
+    Engine,
+    ProgramCache,
+    chunk_curve,
+    load_reference,
+    markdown,
+    save_nll,
+    streaming_runs,
+    summary_rows,
+    write_csv,
+)
 from lcache.sampling import Sampling
 
 PUBLISHED = ("Published (StreamingLLM Table 3, 160M models, cache 1024, PPL): vanilla 27.87 window "
@@ -56,46 +67,49 @@ def pivot(rows: list[dict], rates: dict[str, dict]) -> list[dict]:
     return list(out.values())
 
 
-def sample_text(model, tok, c) -> str:
+def sample_text(engine: Engine, tok, c) -> str:
     """A continuation of ``c.prompt`` under StreamingLLM(4 sinks) with a cache far smaller than
     the text generated."""
     policy = StreamingLLM.from_budget(c.sample_cache, num_sinks=4)
     ids = [tok.bos_id, *tok.encode(c.prompt)]
-    out = generate(model, [ids], policy, Sampling(max_new_tokens=c.sample_tokens,
+    out = engine.generate([ids], policy, Sampling(max_new_tokens=c.sample_tokens,
                                                   temperature=c.temperature), seed=c.seed)[0]
     return c.prompt + tok.decode(out.tolist())
 
 
-@streaming.experiment
+@experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
     rows, curves, rates, nll, sample = [], {}, {}, {}, ""
+    programs = ProgramCache()  # both models' compiled programs, reported together
     for name, model_dir in c.models:
-        model, tok = streaming.load_reference(model_dir, c.compute_dtype)
-        stream = streaming.heldout_stream(tok, c.stream_tokens, c.offset)
+        model, tok = load_reference(model_dir, c.compute_dtype)
+        engine = Engine.create(model, programs)
+        stream = heldout_stream(tok, c.stream_tokens, c.offset)
         for i, cache in enumerate(c.cache_sizes):
             logging.info("%s: %d-byte stream, cache %d", name, c.stream_tokens, cache)
-            runs = streaming.streaming_runs(model, stream, cache, tuple(c.sinks), -1 if i == 0
-                                            else 0, c.recompute_stride, False, c.chunk)
-            rows += [dict(model=name, **r) for r in streaming.summary_rows(runs)]
+            runs = streaming_runs(engine, stream, cache, tuple(c.sinks), -1 if i == 0 else 0,
+                                  c.recompute_stride, chunk=c.chunk)
+            rows += [dict(model=name, **r) for r in summary_rows(runs)]
             nll.setdefault(f"{name}_", []).extend(runs)
-            curves.update({(name, cache, r.label): streaming.chunk_curve(
+            curves.update({(name, cache, r.label): chunk_curve(
                 r.nll, c.curve_every)[1] for r in runs})
-        windows = streaming.heldout_windows(tok, c.sink_samples, c.sink_len,
-                                            c.offset + c.stream_tokens)
-        rates[name] = streaming.first_token_sink_rate(model, windows, c.sink_eps)
+        windows = heldout_windows(tok, c.sink_samples, c.sink_len, c.offset + c.stream_tokens)
+        rates[name] = first_token_sink_rate(engine.attention_weights(windows),
+                                            model.cfg.num_sink_tokens, c.sink_eps)
         if name == c.sample_model:
-            sample = sample_text(model, tok, c)
+            sample = sample_text(engine, tok, c)
     write_outputs(c, workdir, rows, curves, rates, sample)
-    streaming.save_nll(os.path.join(workdir, "demo_nll.npz"), nll)
+    save_nll(os.path.join(workdir, "demo_nll.npz"), nll)
     print(f"Held-out stream of {c.stream_tokens} bytes (training context 512), perplexity per "
           f"byte; * = on every {c.recompute_stride}-th byte, the ones the sliding window with "
           f"recomputation scores; sink rate = Gu et al. (eps {c.sink_eps}, T={c.sink_len}), "
           "fraction of (sample, layer, head) on the first token / on BOS.")
-    print(streaming.markdown(pivot(rows, rates)))
+    print(markdown(pivot(rows, rates)))
     print(PUBLISHED)
     print(f"Sample ({c.sample_model} model, StreamingLLM 4+{c.sample_cache - 4}, "
           f"{c.sample_tokens} new bytes):\n{sample}")
+    print(programs.report())
     print(f"wall time {time.time() - start:.0f} s")
     return rows
 
@@ -104,12 +118,12 @@ def write_outputs(c, workdir: str, rows, curves, rates, sample) -> None:
     """CSVs, one curve plot per model and cache size (with the model's dense curve) and the
     text sample."""
     os.makedirs(workdir, exist_ok=True)
-    streaming.write_csv(os.path.join(workdir, "demo.csv"), rows)
-    streaming.write_csv(os.path.join(workdir, "demo_sink_rate.csv"),
+    write_csv(os.path.join(workdir, "demo.csv"), rows)
+    write_csv(os.path.join(workdir, "demo_sink_rate.csv"),
                         [dict(model=m, position=k, sink_rate=v) for m, r in rates.items()
                          for k, v in r.items()])
-    ends = streaming.chunk_curve(np.zeros(c.stream_tokens), c.curve_every)[0]
-    streaming.write_csv(os.path.join(workdir, "demo_curve.csv"), [
+    ends = chunk_curve(np.zeros(c.stream_tokens), c.curve_every)[0]
+    write_csv(os.path.join(workdir, "demo_curve.csv"), [
         dict(model=m, cache=n, run=label, end_token=int(e), ppl=float(v))
         for (m, n, label), ys in curves.items() for e, v in zip(ends, ys, strict=True)])
     for name, _ in c.models:
@@ -124,4 +138,4 @@ def write_outputs(c, workdir: str, rows, curves, rates, sample) -> None:
 
 
 if __name__ == "__main__":
-    streaming.cli(run, "configs/demo.py:default")
+    cli(run, "configs/demo.py:default")

@@ -21,35 +21,50 @@ import time
 
 from absl import logging
 
-from experiments import streaming
+from experiments.common import cli, experiment
 from lcache.analysis import plots
+from lcache.cache import registry
+from lcache.data.heldout import heldout_stream
+from lcache.eval import (
+    Engine,
+    ProgramCache,
+    chunk_curve,
+    curve_rows,
+    load_reference,
+    markdown,
+    save_nll,
+    streaming_runs,
+    summary_rows,
+    write_csv,
+)
 
 
-@streaming.experiment
+@experiment
 def run(c, workdir: str) -> list[dict]:
     """Run the comparison of config ``c``; write the CSVs and plot; return the summary rows."""
     start = time.time()
-    model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)
-    stream = streaming.heldout_stream(tok, c.stream_tokens, c.offset)
+    model, tok = load_reference(c.model_dir, c.compute_dtype)
+    stream = heldout_stream(tok, c.stream_tokens, c.offset)
+    extra = [("h2o", registry.build("h2o", c.cache_size))] if c.h2o else []
     logging.info("%s: %d-token stream, cache %d", c.model_dir, c.stream_tokens, c.cache_size)
-    runs = streaming.streaming_runs(model, stream, c.cache_size, tuple(c.sinks), c.dense_tokens,
-                                    c.recompute_stride, c.h2o, c.chunk, c.recompute_batch)
-    rows = streaming.summary_rows(runs)
-    curve = streaming.curve_rows(runs, c.curve_every)
+    engine = Engine.create(model, ProgramCache())  # this run's programs, reported at the end
+    runs = streaming_runs(engine, stream, c.cache_size, tuple(c.sinks), c.dense_tokens,
+                          c.recompute_stride, extra, c.chunk, c.recompute_batch)
+    rows = summary_rows(runs)
     os.makedirs(workdir, exist_ok=True)
-    streaming.write_csv(os.path.join(workdir, "stream_ppl.csv"), rows)
-    streaming.write_csv(os.path.join(workdir, "stream_ppl_curve.csv"), curve)
-    streaming.save_nll(os.path.join(workdir, "stream_ppl_nll.npz"), {"": runs})
-    ends = streaming.chunk_curve(runs[0].nll, c.curve_every)[0]
-    plots.plot_lines(ends, {r.label: streaming.chunk_curve(r.nll, c.curve_every)[1]
-                            for r in runs},
+    write_csv(os.path.join(workdir, "stream_ppl.csv"), rows)
+    write_csv(os.path.join(workdir, "stream_ppl_curve.csv"), curve_rows(runs, c.curve_every))
+    save_nll(os.path.join(workdir, "stream_ppl_nll.npz"), {"": runs})
+    ends = chunk_curve(runs[0].nll, c.curve_every)[0]
+    plots.plot_lines(ends, {r.label: chunk_curve(r.nll, c.curve_every)[1] for r in runs},
                      os.path.join(workdir, "stream_ppl.png"), "tokens streamed",
                      f"ppl per {c.curve_every} tokens",
                      f"{os.path.basename(c.model_dir)}: cache {c.cache_size}", logy=True)
-    print(streaming.markdown(rows))
+    print(markdown(rows))
+    print(engine.report())
     print(f"wall time {time.time() - start:.0f} s")
     return rows
 
 
 if __name__ == "__main__":
-    streaming.cli(run, "configs/stream_ppl.py:default")
+    cli(run, "configs/stream_ppl.py:default")

@@ -52,6 +52,13 @@ def sink_rate(attn, eps: float = 0.3, k: int = 0) -> float:
     return float(sink_map(attn, eps, k).mean())
 
 
+def first_token_sink_rate(attn, num_sink_tokens: int, eps: float = 0.3) -> dict[str, float]:
+    """Gu et al.'s sink rate on the first key and on BOS of windows that start with BOS ->
+    ``{'first': rate on key 0, 'bos': rate on key num_sink_tokens}``: the same key unless the
+    model prepends ``num_sink_tokens`` learnable sink tokens (then key 0 is a sink token)."""
+    return {"first": sink_rate(attn, eps, k=0), "bos": sink_rate(attn, eps, k=num_sink_tokens)}
+
+
 def first_token_share(attn) -> np.ndarray:
     """Mean attention on token 0 per ``[L, H]``: mean over samples and queries ``t ≥ 1`` of
     ``A[t, 0]``. Query 0 is excluded (it can only see token 0, so its share is trivially 1

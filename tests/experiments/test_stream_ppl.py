@@ -1,6 +1,5 @@
-"""Streaming perplexity: the smoke config end to end, the recomputation baseline against dense
-attention, and the bad inputs (a stream longer than the text, a budget a policy cannot hold, a
-checkpoint that does not match its config)."""
+"""Streaming perplexity: the smoke config end to end and the bad inputs (a stream longer than
+the text, a budget a policy cannot hold, a checkpoint that does not match its config)."""
 
 import csv
 import json
@@ -10,8 +9,10 @@ import numpy as np
 import pytest
 
 from configs.stream_ppl import get_config
-from experiments import stream_ppl, streaming
-from lcache.cache import Dense
+from experiments import stream_ppl
+from lcache.cache import registry
+from lcache.data.heldout import heldout_stream
+from lcache.eval import Engine, load_reference, streaming_runs
 
 
 def read_csv(path):
@@ -31,34 +32,22 @@ def test_smoke_end_to_end(tmp_path):
     assert (tmp_path / "stream_ppl.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["random", "random-sink"])
-def test_recompute_equals_dense_when_the_window_covers_the_stream(name):
-    model, tok = streaming.load_reference(name)
-    stream = streaming.heldout_stream(tok, 40)
-    dense = streaming.dense_nll(model, stream, chunk=16)
-    recompute = streaming.recompute_nll(model, stream, window=64, stride=1, batch=8)
-    decoded = streaming.stream_nll(model, stream, Dense(48), chunk=16)
-    np.testing.assert_allclose(recompute, dense, rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(decoded, dense, rtol=2e-4, atol=2e-4)
-    assert streaming.ppl(recompute) == pytest.approx(streaming.ppl(dense), rel=1e-4)
-
-
 def test_stream_longer_than_the_text_raises():
-    _, tok = streaming.load_reference("random")
+    _, tok = load_reference("random")
     with pytest.raises(ValueError, match="longer than the held-out text"):
-        streaming.heldout_stream(tok, 10**9)
+        heldout_stream(tok, 10**9)
 
 
 def test_budget_the_policy_cannot_hold_raises():
-    model, _ = streaming.load_reference("random")
+    model, _ = load_reference("random")
     with pytest.raises(ValueError, match="cannot hold"):
-        streaming.make_policy("streaming_llm", 4, model.cfg, num_sinks=4)
+        registry.build("streaming_llm(sinks=4)", 4)
     with pytest.raises(ValueError, match="cannot hold"):
-        streaming.make_policy("snapkv", 8, model.cfg, 256, window=8)
+        registry.build("snapkv(window=8)", 8, prompt_len=256)
     with pytest.raises(ValueError, match="nothing would be compressed"):
-        streaming.make_policy("pyramidkv", 300, model.cfg, 256)
+        registry.build("pyramidkv", 300, prompt_len=256, num_layers=model.cfg.num_layers)
     with pytest.raises(ValueError, match="cannot hold"):
-        streaming.streaming_runs(model, np.zeros(10, np.int32), cache_size=4, sinks=(4,))
+        streaming_runs(Engine.create(model), np.zeros(10, np.int32), cache_size=4, sinks=(4,))
 
 
 def test_checkpoint_that_does_not_match_its_config_raises(tmp_path):
