@@ -92,15 +92,21 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------
     @staticmethod
-    def _generate(policy, sampling, tokens, lengths, bits) -> Job:
-        return Job.of(programs.generate, tokens, lengths, bits, policy=policy, sampling=sampling)
+    def _generate(policy, sampling, tokens, lengths, bits, forced=None) -> Job:
+        if forced is None:
+            return Job.of(programs.generate, tokens, lengths, bits, policy=policy,
+                          sampling=sampling)
+        return Job.of(programs.generate_scored, tokens, lengths, bits, forced, policy=policy,
+                      sampling=sampling)
 
-    def generate_jobs(self, policy, sampling: Sampling, *, pad_to: int, batch: int
-                      ) -> list[Job]:
-        """The program ``generate`` runs for ``batch`` rows padded to ``pad_to`` tokens."""
+    def generate_jobs(self, policy, sampling: Sampling, *, pad_to: int, batch: int,
+                      score_to: int = 0) -> list[Job]:
+        """The program ``generate`` (``score_to = 0``) or ``generate_scored`` (references
+        padded to ``score_to`` tokens) runs for ``batch`` rows padded to ``pad_to`` tokens."""
         bits = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        forced = _spec((batch, score_to)) if score_to else None
         return [self._generate(policy, sampling, _spec((batch, pad_to)), _spec((batch,)),
-                               _spec(bits.shape, bits.dtype))]
+                               _spec(bits.shape, bits.dtype), forced)]
 
     def generate(self, prompts: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
                  sampling: Sampling | None = None, *, pad_to: int | None = None,
@@ -110,21 +116,53 @@ class Engine:
         (cut after ``sampling.eos_id``; ``sampling=None``: greedy, 32 tokens).
 
         Prompts are right-padded to ``pad_to`` (default: the longest, rounded up to
-        ``pad_multiple``) and run ``batch`` rows at a time (default: all at once). Micro-batch
-        ``i`` samples with ``fold_in(key(seed), i)``.
+        ``pad_multiple``) and run ``batch`` rows at a time (default: all at once); the last
+        micro-batch is filled with dummy rows that are dropped. Micro-batch ``i`` samples with
+        ``fold_in(key(seed), i)``.
         """
+        return self._generate_rows(prompts, None, policy, sampling, pad_to, batch, seed,
+                                   pad_multiple)[0]
+
+    def generate_scored(self, prompts: Sequence[Sequence[int]],
+                        references: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
+                        sampling: Sampling | None = None, *, pad_to: int | None = None,
+                        batch: int | None = None, seed: int = 0, pad_multiple: int = 16
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``generate`` plus the teacher-forced NLL (float32 nats) of each prompt's
+        ``reference`` continuation (e.g. the true answer: a graded signal where accuracy is 0
+        or 1), both from one prefill in one program -> ``(tokens, nll [len(reference)])`` per
+        prompt. References are padded to a multiple of ``pad_multiple``."""
+        if len(references) != len(prompts) or min(map(len, references)) < 1:
+            raise ValueError("need one non-empty reference per prompt")
+        forced, _ = pad_prompts(references, pad_multiple)
+        out, nll = self._generate_rows(prompts, (forced, max(map(len, references))), policy,
+                                       sampling, pad_to, batch, seed, pad_multiple)
+        return out, [x[: len(r)].astype(np.float32) for x, r in zip(nll, references,
+                                                                    strict=True)]
+
+    def _generate_rows(self, prompts, scored, policy, sampling, pad_to, batch, seed,
+                       pad_multiple) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Shared by ``generate`` and ``generate_scored`` (``scored``: None or the padded
+        references ``[N, D]`` and their longest real length)."""
         sampling = sampling or Sampling()
         tokens, lengths = pad_prompts(prompts, pad_multiple, pad_to=pad_to)
         check_tokens(tokens, self.cfg.vocab_size)
-        check_fits(self.cfg, policy, tokens.shape[1], sampling.max_new_tokens)
-        out = []
+        forced, longest = scored or (None, 0)
+        if forced is not None:
+            check_tokens(forced, self.cfg.vocab_size)
+        check_fits(self.cfg, policy, tokens.shape[1], max(sampling.max_new_tokens, longest))
+        out, nll = [], []
         for i, (start, stop) in enumerate(micro_batches(len(tokens), batch)):
             rows = stop - start if batch is None else batch
-            toks = self.run(self._generate(policy, sampling, fill_rows(tokens[start:stop], rows),
-                                           fill_rows(lengths[start:stop], rows),
-                                           _key_bits(seed, i)))
+            part = None if forced is None else fill_rows(forced[start:stop], rows)
+            res = self.run(self._generate(policy, sampling, fill_rows(tokens[start:stop], rows),
+                                          fill_rows(lengths[start:stop], rows),
+                                          _key_bits(seed, i), part))
+            toks = res if forced is None else res[0]
             out.extend(np.asarray(toks)[: stop - start])
-        return [_cut_at_eos(row, sampling.eos_id) for row in out]
+            if forced is not None:
+                nll.extend(np.asarray(res[1])[: stop - start])
+        return [_cut_at_eos(row, sampling.eos_id) for row in out], nll
 
     # -- prefill -----------------------------------------------------------------------------
     def prefill_jobs(self, policy, *, pad_to: int, batch: int) -> list[Job]:

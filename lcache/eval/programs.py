@@ -51,19 +51,23 @@ def decode_nll(graphdef, params, caches, inputs_TB, targets_TB, pos_TB, *, polic
     return jax.lax.scan(step, caches, (inputs_TB, targets_TB, pos_TB))
 
 
-def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampling):
-    """Prefill right-padded prompts ``tokens [B, T]`` of ``lengths [B]``, then decode in a
-    ``lax.while_loop`` -> ``[B, sampling.max_new_tokens]`` int32 (``eos_id`` after a row's
-    end). ``rng_bits``: ``jax.random.key_data`` of the sampling key."""
-    model = nnx.merge(graphdef, params)
+def _prompt_logits(model, tokens_BT, lengths_B, policy):
+    """Prefill right-padded prompts into fresh caches -> (logits after each prompt's last token
+    ``[B, V]``, caches)."""
     b, t = tokens_BT.shape
     caches = model.init_cache(policy, b)
     logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, t), caches, policy)
-    last = jnp.take_along_axis(logits, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+    return jnp.take_along_axis(logits, (lengths_B - 1)[:, None, None], axis=1)[:, 0], caches
+
+
+def _sample_loop(model, last_BV, caches, lengths_B, rng_bits, policy, sampling):
+    """Sample after the prompts, then decode in a ``lax.while_loop`` until every row has its
+    ``eos_id`` or ``max_new_tokens`` -> ``[B, max_new_tokens]`` int32 (``eos_id`` after the
+    end)."""
     rng, sub = jax.random.split(jax.random.wrap_key_data(rng_bits))
-    first = sample_logits(last, sub, sampling)
+    first = sample_logits(last_BV, sub, sampling)
     n = sampling.max_new_tokens
-    out = jnp.zeros((b, n), jnp.int32).at[:, 0].set(first)
+    out = jnp.zeros((first.shape[0], n), jnp.int32).at[:, 0].set(first)
     eos = -1 if sampling.eos_id is None else sampling.eos_id
 
     def cond(carry):
@@ -79,6 +83,41 @@ def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampli
 
     carry = (jnp.int32(1), first, caches, first == eos, out, rng)
     return jax.lax.while_loop(cond, body, carry)[4]
+
+
+def _forced_nll(model, last_BV, caches, lengths_B, forced_BD, policy):
+    """Teacher-forced NLL ``[B, D]`` of ``forced [B, D]`` after the prompts (token ``j`` fed at
+    position ``lengths + j``), from the same post-prompt caches the sampler starts from."""
+    first = token_nll(last_BV, forced_BD[:, 0])
+
+    def step(caches, x):
+        tok, tgt, j = x
+        logits, caches = model.decode(tok, lengths_B + j, caches, policy)
+        return caches, token_nll(logits, tgt)
+
+    d = forced_BD.shape[1]
+    xs = (forced_BD[:, :-1].T, forced_BD[:, 1:].T, jnp.arange(d - 1, dtype=jnp.int32))
+    rest = jax.lax.scan(step, caches, xs)[1]
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampling):
+    """Prefill right-padded prompts ``tokens [B, T]`` of ``lengths [B]``, then sample
+    ``[B, sampling.max_new_tokens]`` int32 tokens (``eos_id`` after a row's end).
+    ``rng_bits``: ``jax.random.key_data`` of the sampling key."""
+    model = nnx.merge(graphdef, params)
+    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy)
+    return _sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling)
+
+
+def generate_scored(graphdef, params, tokens_BT, lengths_B, rng_bits, forced_BD, *, policy,
+                    sampling):
+    """``generate`` plus the teacher-forced NLL ``[B, D]`` of ``forced [B, D]`` (a reference
+    answer) from the same prefill: one program instead of a generation and a scoring one."""
+    model = nnx.merge(graphdef, params)
+    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy)
+    return (_sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling),
+            _forced_nll(model, last, caches, lengths_B, forced_BD, policy))
 
 
 def window_nll(graphdef, params, windows_BW, last_B, targets_B):

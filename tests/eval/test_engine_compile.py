@@ -29,7 +29,7 @@ def test_one_program_per_policy_and_shape(model):
 
 def test_precompile_in_threads_then_run_compiles_nothing(model):
     engine = Engine.create(model, ProgramCache())
-    policies = [SnapKV(budget=b, window=2, kernel=3) for b in (4, 6, 8)]
+    policies = [SnapKV(budget=b, window=2, kernel=3, decode_capacity=4) for b in (4, 6, 8)]
     jobs = [j for p in policies for j in engine.generate_jobs(p, S, pad_to=16, batch=2)]
     jobs += engine.decode_nll_jobs(policies[0], batch=1, chunk=8)
     wall = engine.precompile(jobs + jobs[:1], threads=3)  # a repeated job compiles once

@@ -1,9 +1,10 @@
 """Generation: greedy equals a naive full-forward loop, micro-batches of ragged prompts padded
-to one shape equal one unbatched call, ``lcache.generate`` is the engine's output, bad input
-fails before any work."""
+to one shape equal one unbatched call, generation scored against references equals separate
+generation and continuation NLL, bad input fails before any work."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lcache.cache import H2O, Dense, SnapKV, StreamingLLM
@@ -27,7 +28,10 @@ def test_greedy_equals_a_naive_loop(model):
         assert out.tolist() == seq[len(prompt):]
 
 
-@pytest.mark.parametrize("policy", [SnapKV(budget=6, window=2, kernel=3), H2O(heavy=3, recent=3),
+SNAP = SnapKV(budget=6, window=2, kernel=3, decode_capacity=8)
+
+
+@pytest.mark.parametrize("policy", [SNAP, H2O(heavy=3, recent=3),
                                     StreamingLLM(window=4, num_sinks=1)],
                          ids=["snapkv", "h2o", "streaming_llm"])
 def test_micro_batches_equal_one_batch(model, policy):
@@ -65,3 +69,15 @@ def test_bad_input_fails_before_any_work(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         engine.generate(**args)
     assert engine.programs.compiles == before == 0
+
+
+def test_generate_scored_equals_generate_and_continuation_nll(model):
+    engine = Engine.create(model)
+    policy, s = SNAP, Sampling(max_new_tokens=5)
+    refs = [[7, 8, 9], [1], [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [4, 4],
+            [5]]
+    out, nll = engine.generate_scored(PROMPTS, refs, policy, s, batch=2, pad_to=16)
+    assert [o.tolist() for o in out] == [o.tolist() for o in engine.generate(PROMPTS, policy, s)]
+    want = engine.continuation_nll(PROMPTS, refs, policy)
+    for got, ref in zip(nll, want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=2e-5)
