@@ -29,9 +29,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(attention_impl="xla", **MODELS[arg]))
     c.batch = 2 if smoke else 16
     c.contexts = (128, 512) if smoke else (4096, 16384, 32768)
-    c.policies = ("dense", "streaming")
-    c.num_sinks = 4
-    c.window = 28 if smoke else 1020  # StreamingLLM ring; recomputation re-runs sinks + window
+    c.policies = ("dense", "streaming_llm")  # policy specs (lcache.cache.registry)
+    c.budget = 32 if smoke else 1024  # cache tokens (4 sinks + ring); recomputation re-runs them
     c.recompute = True
     c.steps = 4 if smoke else 16  # decode steps per timed call (one lax.scan)
     c.warmup = 1 if smoke else 2

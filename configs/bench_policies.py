@@ -5,7 +5,7 @@
     python -m experiments.bench_policies --config=configs/bench_policies.py:default \
         --workdir=runs/bench_policies
     python -m experiments.bench_policies --config=configs/bench_policies.py:default,budget=512 \
-        --config.policies=dense,streaming,snapkv --workdir=runs/bench_512
+        --config.policies="('dense','streaming_llm','snapkv(window=8)')" --workdir=runs/bench_512
 
 Variants:
   smoke    a 2-layer toy model, 64-token prompt, budget 32, eight representative policies
@@ -13,18 +13,22 @@ Variants:
   default  a 4-layer, 1024-wide bf16 model (16 query / 8 KV heads of 64), 4096-token prompt,
            batch 8, budget 1024 (an accelerator).
 Args after the variant: budget=<tokens kept per layer and head>, steps=<timed decode steps>,
-prompt=<prompt tokens>, batch=<rows>. ``policies`` is a comma-separated list of: dense, window,
-streaming, h2o, value, snapkv, pyramid, dynamic, tova, knorm, random, recompress.
+prompt=<prompt tokens>, batch=<rows>. ``policies`` is a tuple of policy specs
+(``lcache.cache.registry``); the SnapKV family runs as KVCache-Factory does (window 8, kernel 7,
+max pooling).
 """
 
 import ml_collections
 
 from configs.common import parse_arg
 
+SNAP = "window=8,kernel=7,pool=max"
 POLICIES = {
-    "smoke": "dense,streaming,h2o,snapkv,pyramid,dynamic,tova,recompress",
-    "default": "dense,window,streaming,h2o,value,snapkv,pyramid,dynamic,tova,knorm,random,"
-               "recompress",
+    "smoke": ("dense", "streaming_llm", "h2o", f"snapkv({SNAP})", f"pyramidkv({SNAP})",
+              f"dynamickv({SNAP})", "tova", f"recompress({SNAP},interval=16)"),
+    "default": ("dense", "window", "streaming_llm", "h2o", "value", f"snapkv({SNAP})",
+                f"pyramidkv({SNAP})", f"dynamickv({SNAP})", "tova", "knorm", "random",
+                f"recompress({SNAP},interval=16)"),
 }
 MODELS = {
     "smoke": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
@@ -53,10 +57,5 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.decode_steps = run["steps"]  # timed decode steps; every decode cache has room for them
     c.batch = run["batch"]
     c.repeats = run["repeats"]  # timings are the median over repeats
-    c.num_sinks = 4  # StreamingLLM
-    c.snap_window = 8  # SnapKV / PyramidKV / DynamicKV observation window (KVCache-Factory)
-    c.snap_kernel = 7
-    c.snap_pooling = "max"
-    c.recompress_interval = 16  # Recompress(SnapKV): re-select every this many decode steps
     c.seed = 0
     return c

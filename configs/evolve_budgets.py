@@ -50,8 +50,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.train_offset = 0  # held-out text of the search set; the test set starts after it
     c.seed = 0
     c.max_new_tokens = 12  # passkey generation
-    c.num_sinks = 4  # unused by SnapKV; make_policy's signature
-    c.window = 8  # SnapKV observation window (KVCache-Factory)
+    c.snap = "window=8,kernel=7,pool=max"  # the per-layer snapkv spec's arguments (KVCache-Factory)
     c.compute_dtype = "float32"
     c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates
     return c

@@ -2,19 +2,20 @@
 
     python -m experiments.generate --config=configs/generate.py:smoke
     python -m experiments.generate --config=configs/generate.py --config.prompt='def fib(n):'
-    python -m experiments.generate --config=configs/generate.py --config.policy=streaming \
+    python -m experiments.generate --config=configs/generate.py --config.policy=streaming_llm \
         --config.budget=64 --config.batch=4 --config.mesh.data=2 --config.mesh.model=1
     python -m experiments.generate --config=configs/generate.py --config.layout=pmap \
         --config.mesh.data=8 --config.batch=8
 
 Variants: smoke (a random tiny model, CPU, seconds), default (``checkpoint`` or, unset, the GPU
 reference model ``runs/gpu/softmax/model``). ``hf_path`` is reserved for Hugging Face
-checkpoints (``experiments.generate.load_any``). Policies: dense (capacity = prompt + new
-tokens), streaming (``num_sinks`` + the rest of ``budget``), h2o (``budget - window`` heavy
-hitters + ``window`` recent), snapkv (``budget`` prompt tokens chosen by the last ``window``
-queries, plus room for the new tokens). ``layout=pmap`` splits the batch over ``mesh.data``
-local devices (``mesh.model`` must be 1). ``distributed.enabled=True`` calls
-``jax.distributed.initialize()`` first (multi-host; see the README).
+checkpoints (``experiments.generate.load_any``). ``policy`` is a policy spec
+(``lcache.cache.registry``, e.g. ``dense``, ``streaming_llm(sinks=4)``, ``h2o(recent=0.125)``,
+``snapkv(window=32)``) keeping ``budget`` tokens per layer and head (dense: prompt + new tokens;
+the snapkv family: ``budget`` prompt tokens plus room for the new ones). ``layout=pmap``
+splits the batch over ``mesh.data`` local devices (``mesh.model`` must be 1).
+``distributed.enabled=True`` calls ``jax.distributed.initialize()`` first (multi-host; see the
+README).
 """
 
 import ml_collections
@@ -33,8 +34,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.attention_impl = "xla"  # 'auto' uses the Pallas decode kernel on GPU/TPU (one device/pmap)
     c.policy = "dense"
     c.budget = 256
-    c.num_sinks = 4
-    c.window = 32
     c.prompt = "def fibonacci(n):\n"
     c.batch = 1  # copies of the prompt (rows differ when sampling)
     c.layout = "mesh"

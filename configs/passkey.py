@@ -19,14 +19,17 @@ from configs.common import parse_arg
 from configs.stream_ppl import model_dir
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-ALL_POLICIES = ("dense", "streaming_llm", "h2o", "snapkv", "pyramidkv", "dynamickv",
-                "dense@int4", "dense@int2", "snapkv@int4")
-REDUCED_POLICIES = ("dense", "streaming_llm", "h2o", "snapkv", "pyramidkv", "dynamickv",
-                    "dense@int4")
+SNAP = "window=8,kernel=7,pool=max"  # the SnapKV family as KVCache-Factory runs it
+# policy specs (lcache.cache.registry)
+ALL_POLICIES = ("dense", "streaming_llm", "h2o", f"snapkv({SNAP})", f"pyramidkv({SNAP})",
+                f"dynamickv({SNAP})", "dense@int4+sinks4", "dense@int2+sinks4",
+                f"snapkv({SNAP})@int4+sinks4")
+REDUCED_POLICIES = ("dense", "streaming_llm", "h2o", f"snapkv({SNAP})", f"pyramidkv({SNAP})",
+                    f"dynamickv({SNAP})", "dense@int4+sinks4")
 # check_context: the full-cache check, at the training context (512) except in the smoke test
 VARIANTS = {
     "smoke": dict(contexts=(256,), budgets=(64,), depths=(0.0, 1.0), trials=2, check_context=256,
-                  policies=("streaming_llm", "dynamickv")),
+                  policies=("streaming_llm", f"dynamickv({SNAP})")),
     "reduced": dict(contexts=(256, 512), budgets=(64, 128), depths=(0.0, 0.5, 1.0), trials=4,
                     check_context=512, policies=REDUCED_POLICIES),
     "default": dict(contexts=(256, 512, 1024, 2048), budgets=(64, 128, 256),
@@ -43,8 +46,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.trials = a["trials"] or c.trials
     c.max_new_tokens = 12  # " 50000." is 7 bytes; score = the first integer generated
-    c.num_sinks = 4  # StreamingLLM sinks
-    c.window = 8  # SnapKV / PyramidKV / DynamicKV observation window (KVCache-Factory)
     c.seed = 0
     c.compute_dtype = "float32"
     c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates

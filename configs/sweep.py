@@ -15,10 +15,12 @@ import ml_collections
 from configs.common import parse_arg
 from configs.stream_ppl import model_dir
 
-POLICIES = ("dense", "streaming_llm", "h2o", "snapkv", "pyramidkv", "dynamickv", "dense@int8",
-            "dense@int4", "dense@int2", "snapkv@int4")
+SNAP = "window=8,kernel=7,pool=max"  # the SnapKV family as KVCache-Factory runs it
+POLICIES = ("dense", "streaming_llm", "h2o", f"snapkv({SNAP})", f"pyramidkv({SNAP})",  # specs
+            f"dynamickv({SNAP})", "dense@int8+sinks4", "dense@int4+sinks4", "dense@int2+sinks4",
+            f"snapkv({SNAP})@int4+sinks4")
 VARIANTS = {
-    "smoke": dict(policies=("dense@int4", "snapkv"), budgets=(32,),
+    "smoke": dict(policies=("dense@int4+sinks4", f"snapkv({SNAP})"), budgets=(32,),
                   num_texts=2, text_len=128, prefix=64, context_len=256, depths=(0.5,),
                   trials=1),
     "reduced": dict(policies=POLICIES, budgets=(32, 128), num_texts=4, text_len=512,
@@ -37,8 +39,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.offset = 0  # first held-out token of the texts
     c.max_new_tokens = 12  # passkey generation
-    c.num_sinks = 4  # StreamingLLM sinks
-    c.window = 8  # SnapKV-family observation window
     c.seed = 0
     c.compute_dtype = "float32"
     c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates

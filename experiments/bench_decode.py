@@ -3,13 +3,15 @@ StreamingLLM's speed-up over a sliding window with recomputation.
 
     python -m experiments.bench_decode --config=configs/bench_decode.py:smoke --workdir=runs/bd
 
-For each policy and context ``L`` the caches are filled as if ``L`` tokens had been read (random
+For each policy spec (``lcache.cache.registry``, e.g. dense, streaming_llm, window: policies that
+need no attention feedback to fill) at cache ``budget`` and each context ``L`` the caches are
+filled as if ``L`` tokens had been read (random
 keys and values written through the policy's own ``prefill``: a dense 32K prefill would need the
 whole attention matrix), then ``steps`` greedy decode steps run as one compiled call (a
 ``lax.scan``, as in generation). After ``warmup`` calls, the median of ``iters`` calls gives the
 step time; tokens/s = batch * steps / time. Memory: bytes of the cache arrays in all and on one
-device. The baseline re-runs the model over the last ``num_sinks + window`` tokens for every new
-token (``recompute_window``), timed the same way.
+device. The baseline re-runs the model over the last ``budget`` tokens for every new token
+(``recompute_window``), timed the same way.
 
 Rows are appended to ``workdir/bench_decode.csv`` (one file for several runs, e.g. one per mesh
 shape), which is then printed as a table.
@@ -31,7 +33,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from lcache.cache import Dense, StreamingLLM
+from lcache.cache import registry
 from lcache.model import ModelConfig, Transformer
 from lcache.sharded_generate import Generator
 from lcache.sharding import MeshLayout, initialize_distributed, make_mesh
@@ -49,14 +51,6 @@ def random_model(c) -> Transformer:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     dtype = jnp.dtype(model.cfg.compute_dtype)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), params), rest)
-
-
-def make_policy(name: str, c, context: int):
-    if name == "dense":  # room for every timed step
-        return Dense(context + c.steps * (c.warmup + c.iters))
-    if name == "streaming":
-        return StreamingLLM(window=c.window, num_sinks=c.num_sinks)
-    raise ValueError(f"bench_decode policies are 'dense' and 'streaming', got {name!r}")
 
 
 def filled_caches(model, policy, batch: int, context: int, seed: int):
@@ -126,7 +120,7 @@ def bench_policy(c, gen: Generator, name: str, context: int) -> dict:
 
 
 def bench_recompute(c, model, layout) -> dict:
-    width = c.num_sinks + c.window
+    width = c.budget
     graphdef, params = nnx.split(model)
     run_fn = jax.jit(lambda params, window: recompute_window(
         nnx.merge(graphdef, params), window, c.steps))
@@ -160,13 +154,17 @@ def main(argv):
     if c.distributed.enabled:
         initialize_distributed(c.distributed.coordinator, c.distributed.num_processes,
                                c.distributed.process_id)
+    for spec in c.policies:  # fail on a bad spec before any work
+        registry.check(spec, c.budget, prompt_len=max(c.contexts))
     layout = MeshLayout(make_mesh(c.mesh.data, c.mesh.model))
     model = random_model(c)
     rows = [bench_recompute(c, model, layout)] if c.recompute else []
     gens = {}  # one Generator (and compiled decode) per distinct policy
     for name in c.policies:
         for context in c.contexts:
-            policy = make_policy(name, c, context)
+            # dense holds the context and every timed step; the budget bounds the others
+            policy = registry.build(name, c.budget, prompt_len=context,
+                                    max_new=c.steps * (c.warmup + c.iters))
             if policy not in gens:
                 gens[policy] = Generator(model, policy, layout=layout)
             rows.append(bench_policy(c, gens[policy], name, context))
@@ -176,7 +174,7 @@ def main(argv):
                  jax=jax.__version__)
     for r in rows:
         r.update(stamp, speedup_vs_recompute=round(r["tokens_per_s"] / base, 2)
-                 if base and r["policy"] == "streaming" else "")
+                 if base and r["policy"].startswith("streaming_llm") else "")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, "bench_decode.csv")

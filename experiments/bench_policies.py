@@ -2,7 +2,8 @@
 
     python -m experiments.bench_policies --config=configs/bench_policies.py:smoke --workdir=DIR
 
-For each policy (per-layer policies for PyramidKV / DynamicKV), on a random model of the config's
+For each policy spec (``lcache.cache.registry``; per-layer policies for PyramidKV / DynamicKV;
+decode slots for every timed step), on a random model of the config's
 shape: the prompt is prefilled once, then two compiled scans of ``decode_steps`` steps are timed
 (median over ``repeats``, divided by the steps): the policy update alone (``append`` +
 ``observe`` in every layer, random keys and attention) and the model's full decode step (which
@@ -25,22 +26,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from lcache.cache import (
-    H2O,
-    TOVA,
-    Dense,
-    KeyNorm,
-    Random,
-    Recompress,
-    SlidingWindow,
-    SnapKV,
-    StreamingLLM,
-    ValueAware,
-    cache_bytes,
-    dynamic,
-    per_layer,
-    pyramid,
-)
+from lcache.cache import Dense, Policy, cache_bytes, registry
 from lcache.model import ModelConfig
 from lcache.model.transformer import Transformer
 
@@ -94,33 +80,13 @@ def median_step_seconds(fn, repeats: int, steps: int) -> float:
     return float(np.median(times)) / steps
 
 
-def build_policies(name: str, c, num_layers: int, probe) -> tuple:
-    """Per-layer policies for one benchmark row; ``probe()`` gives DynamicKV's first pass."""
-    b, steps = c.budget, c.decode_steps
-    snap = functools.partial(SnapKV, window=c.snap_window, kernel=c.snap_kernel,
-                             pooling=c.snap_pooling, decode_capacity=steps)
-    uniform = {
-        "dense": lambda: Dense(c.prompt_len + steps),
-        "window": lambda: SlidingWindow(b),
-        "streaming": lambda: StreamingLLM.from_budget(b, num_sinks=c.num_sinks),
-        "h2o": lambda: H2O(heavy=b - b // 2, recent=b // 2),
-        "value": lambda: ValueAware(heavy=b - b // 2, recent=b // 2),
-        "snapkv": lambda: snap(budget=b),
-        "tova": lambda: TOVA(b),
-        "knorm": lambda: KeyNorm(b),
-        "random": lambda: Random(b, seed=c.seed),
-        "recompress": lambda: Recompress(snap(budget=b, decode_capacity=0),
-                                         interval=c.recompress_interval, target=b),
-    }
-    if name in uniform:
-        return (uniform[name](),) * num_layers
-    if name == "pyramid":
-        return per_layer(lambda cap: snap(budget=cap),
-                         pyramid(b, num_layers, c.prompt_len, window=c.snap_window))
-    if name == "dynamic":
-        return per_layer(lambda cap: snap(budget=cap),
-                         dynamic(probe(), b, window=c.snap_window))
-    raise ValueError(f"unknown policy {name!r} in config.policies")
+def build_policies(spec: str, c, cfg, probe) -> tuple:
+    """Per-layer policies of one benchmark row; ``probe(policy)`` prefills the prompt under
+    ``policy`` (DynamicKV's first pass)."""
+    policy = registry.build(spec, c.budget, prompt_len=c.prompt_len, num_layers=cfg.num_layers,
+                            max_new=c.decode_steps, num_model_sinks=cfg.num_sink_tokens,
+                            probe=probe)
+    return (policy,) * cfg.num_layers if isinstance(policy, Policy) else policy
 
 
 def bench(c, workdir: str) -> list[dict]:
@@ -138,14 +104,14 @@ def bench(c, workdir: str) -> list[dict]:
     dense_bytes = cache_bytes(Dense(c.prompt_len + c.decode_steps), c.batch, kv_heads, head_dim,
                               dtype, q_heads) * cfg.num_layers
 
-    def probe():
-        whole = SnapKV(budget=c.prompt_len, window=c.snap_window, kernel=c.snap_kernel,
-                       pooling=c.snap_pooling)
-        return prefill(graphdef, params, (whole,) * cfg.num_layers, prompt)
+    def probe(policy):
+        return prefill(graphdef, params, (policy,) * cfg.num_layers, prompt)
 
+    for spec in c.policies:  # fail on a bad spec before any work
+        registry.check(spec, c.budget, prompt_len=c.prompt_len, num_layers=cfg.num_layers)
     rows = []
-    for name in c.policies.split(","):
-        policies = build_policies(name, c, cfg.num_layers, probe)
+    for spec in c.policies:
+        policies = build_policies(spec, c, cfg, probe)
         caches = prefill(graphdef, params, policies, prompt)
         upd = median_step_seconds(lambda p=policies, s=caches: update(p, s, keys, probs),
                                   c.repeats, c.decode_steps)
@@ -154,7 +120,7 @@ def bench(c, workdir: str) -> list[dict]:
                                   c.repeats, c.decode_steps)
         nbytes = cache_bytes(policies, c.batch, kv_heads, head_dim, dtype, q_heads)
         caps = "/".join(str(p.capacity) for p in policies)
-        row = dict(policy=name, capacities=caps if len(set(caps.split("/"))) > 1
+        row = dict(policy=spec, capacities=caps if len(set(caps.split("/"))) > 1
                    else str(policies[0].capacity), cache_bytes=nbytes,
                    bytes_vs_dense=round(nbytes / dense_bytes, 4), update_us=round(upd * 1e6, 2),
                    decode_us=round(dec * 1e6, 2), update_share=round(upd / dec, 4))

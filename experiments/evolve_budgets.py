@@ -8,11 +8,13 @@ to ``budget x layers`` (softmax share of what is left after ``min_budget`` per l
 of ``quantum``, largest remainder). Layers are searched bottom-up in ``groups`` (EvolKV's
 group-wise scheme: one CMA-ES per group, started from the incumbent, the other groups frozen;
 a group's best replaces the incumbent only if it is fitter). Within a layer, SnapKV picks
-the tokens. Fitness (minimised) on a small task set (``experiments.passkey.TaskSet``):
-``log ppl`` of held-out continuations + passkey answer NLL - passkey accuracy. The result is
-compared with uniform, PyramidKV and DynamicKV budgets on the search set and on a test set
-(other texts and keys). Writes ``evolve.csv`` (``method,split,budgets,ppl,answer_nll,accuracy,
-fitness``), ``evolve_history.csv`` and ``evolve.png`` (budgets per layer).
+the tokens (registry spec ``snapkv(<config.snap>)``; the baselines' budgets come from
+``pyramidkv`` / ``dynamickv`` with the same arguments). Fitness (minimised) on a small task
+set (``experiments.passkey.TaskSet``): ``log ppl`` of held-out continuations + passkey answer
+NLL - passkey accuracy. The result is compared with uniform, PyramidKV and DynamicKV budgets
+on the search set and on a test set (other texts and keys). Writes ``evolve.csv``
+(``method,split,budgets,ppl,answer_nll,accuracy,fitness``), ``evolve_history.csv`` and
+``evolve.png`` (budgets per layer).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from evosax.algorithms import CMA_ES
 
 from experiments import passkey, streaming
 from lcache.analysis import plots
-from lcache.cache import pyramid, uniform
+from lcache.cache import registry, uniform
 from lcache.generate import pad_prompts
 
 
@@ -60,12 +62,14 @@ class Evaluator:
 
     def __init__(self, model, tok, task, c):
         self.model, self.tok, self.task, self.c = model, tok, task, c
+        self.prompt_len = pad_prompts(task.prompts, passkey.PAD)[0].shape[1]
         self.memo: dict[tuple[int, ...], dict] = {}
 
     def __call__(self, budgets: tuple[int, ...]) -> dict:
         if budgets not in self.memo:
-            policy = streaming.snapkv_layers(budgets, self.c.window)
-            q, _ = passkey.quality(self.model, self.tok, self.task, "snapkv", 0, self.c, policy)
+            spec = f"snapkv({self.c.snap})"
+            policy = tuple(registry.build(spec, b, prompt_len=self.prompt_len) for b in budgets)
+            q, _ = passkey.quality(self.model, self.tok, self.task, spec, 0, self.c, policy)
             self.memo[budgets] = dict(q, fitness=fitness(q))
         return self.memo[budgets]
 
@@ -105,16 +109,16 @@ def search(evaluate: Evaluator, num_layers: int, c) -> tuple[tuple[int, ...], li
     return allocate(logits, total, c.min_budget, c.quantum), history
 
 
+BASELINES = {"pyramid": "pyramidkv", "dynamic": "dynamickv"}  # allocator -> registry name
+
+
 def baseline(name: str, evaluate: Evaluator, model, c) -> tuple[tuple[int, ...], dict]:
     """Uniform, PyramidKV or DynamicKV (probed on this task set's prompts) budgets + quality."""
-    num_layers = model.cfg.num_layers
-    t = pad_prompts(evaluate.task.prompts, passkey.PAD)[0].shape[1]
     if name == "uniform":
-        budgets = uniform(c.budget, num_layers)
-    elif name == "pyramid":
-        budgets = pyramid(c.budget, num_layers, t, window=c.window)
-    elif name == "dynamic":
-        policy = passkey.policy_for("dynamickv", c.budget, model, evaluate.task.prompts, c, 0)
+        budgets = uniform(c.budget, model.cfg.num_layers)
+    elif name in BASELINES:
+        policy = passkey.policy_for(f"{BASELINES[name]}({c.snap})", c.budget, model,
+                                    evaluate.task.prompts, c, 0)
         budgets = tuple(p.budget for p in policy)
     else:
         raise ValueError(f"unknown baseline {name!r}; expected uniform, pyramid or dynamic")

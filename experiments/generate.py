@@ -1,7 +1,7 @@
 """Generate text with any cache policy on one device, a (data, model) mesh or pmap.
 
     python -m experiments.generate --config=configs/generate.py:smoke
-    python -m experiments.generate --config=configs/generate.py --config.policy=streaming \
+    python -m experiments.generate --config=configs/generate.py --config.policy=streaming_llm \
         --config.mesh.data=2 --config.batch=2
 
 Prints one continuation per row (process 0 only when multi-host).
@@ -16,7 +16,7 @@ from absl import app, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from lcache.cache import H2O, Dense, SnapKV, StreamingLLM
+from lcache.cache import registry
 from lcache.checkpoint import load_model
 from lcache.data import ByteTokenizer
 from lcache.generate import pad_prompts
@@ -27,7 +27,6 @@ from lcache.sharding import MeshLayout, PmapLayout, initialize_distributed, make
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py:smoke")
 DEFAULT_CHECKPOINT = "runs/gpu/softmax/model"
-POLICIES = ("dense", "streaming", "h2o", "snapkv")
 
 
 def load_any(c):
@@ -46,18 +45,12 @@ def load_any(c):
     return model, tokenizer or ByteTokenizer()
 
 
-def make_policy(c, prompt: list[int], model):
-    """The cache policy named by ``c.policy`` with the config's budget fields."""
-    new, prompt_len = c.sampling.max_new_tokens, len(prompt)
-    if c.policy == "dense":  # holds the padded prompt, the new tokens and any sink tokens
-        return Dense(pad_prompts([prompt])[0].shape[1] + new + model.cfg.num_sink_tokens)
-    if c.policy == "streaming":
-        return StreamingLLM.from_budget(c.budget, num_sinks=c.num_sinks)
-    if c.policy == "h2o":
-        return H2O(heavy=c.budget - c.window, recent=c.window)
-    if c.policy == "snapkv":
-        return SnapKV.for_prompt(prompt_len, c.budget, window=c.window, decode_capacity=new)
-    raise ValueError(f"unknown policy {c.policy!r}; expected one of {POLICIES}")
+def build_policy(c, prompt: list[int], model):
+    """The policy of spec ``c.policy`` (``lcache.cache.registry``) keeping ``c.budget`` tokens
+    for the padded prompt and ``max_new_tokens`` new ones (dense holds all of them)."""
+    return registry.build(c.policy, c.budget, prompt_len=pad_prompts([prompt])[0].shape[1],
+                          num_layers=model.cfg.num_layers, max_new=c.sampling.max_new_tokens,
+                          num_model_sinks=model.cfg.num_sink_tokens)
 
 
 def make_layout(c):
@@ -78,14 +71,14 @@ def main(argv):
                                c.distributed.process_id)
     model, tok = load_any(c)
     prompt = tok.encode(c.prompt).tolist()
-    policy = make_policy(c, prompt, model)
+    policy = build_policy(c, prompt, model)
     layout = make_layout(c)
     logging.info("policy %s, layout %s, %d devices", policy, layout, jax.device_count())
     gen = Generator(model, policy, Sampling(**c.sampling.to_dict()), layout)
     out = gen.generate([prompt] * c.batch, seed=c.seed)
     if jax.process_index() == 0:
         for i, row in enumerate(out.tokens):
-            print(f"--- row {i} ({policy}) ---\n{c.prompt}{tok.decode(row)}")
+            print(f"--- row {i} ({c.policy}) ---\n{c.prompt}{tok.decode(row)}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 
 First the check the rest depends on: greedy accuracy with the full cache at the training
 context (``check_context``). Then, for every context length, ``trials`` keys at each depth are
-generated greedily (``lcache.generate``, ``max_new_tokens``) under every policy and budget
-(``experiments.streaming.make_policy``; a budget of at least the context is skipped: nothing
+generated greedily (``lcache.generate``, ``max_new_tokens``) under every policy spec
+(``lcache.cache.registry``) and budget (a budget of at least the context is skipped: nothing
 to compress) and scored by the first integer of the answer (``score_passkey``); the
 teacher-forced NLL of the true answer is recorded too.
 Writes to ``--workdir``:
@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments import streaming
+from lcache.cache import registry
 from lcache.data import make_passkey, score_passkey
 from lcache.data.passkey import answer_text
 from lcache.generate import generate, pad_prompts
@@ -36,9 +37,9 @@ from lcache.sampling import Sampling
 PAD = 16  # prompt padding multiple (``lcache.generate``)
 
 
-def check_grid(c, tok) -> None:
-    """Fail before any work on a depth outside [0, 1], a context too short for the prompt or a
-    budget that a policy cannot hold."""
+def check_grid(c, tok, num_layers: int) -> None:
+    """Fail before any work on a depth outside [0, 1], a context too short for the prompt, an
+    unknown policy spec or a budget that a policy cannot hold."""
     bad = [d for d in c.depths if not 0.0 <= d <= 1.0]
     if bad:
         raise ValueError(f"passkey depths must lie in [0, 1], got {bad}")
@@ -46,7 +47,7 @@ def check_grid(c, tok) -> None:
         make_passkey(tok, context_len, 0.5, 50000)  # raises if the context is too short
     for kind in c.policies:
         for budget in c.budgets:
-            streaming.check_budget(kind, budget, max(c.contexts), c.num_sinks, c.window)
+            registry.check(kind, budget, prompt_len=max(c.contexts), num_layers=num_layers)
 
 
 def make_examples(tok, context_len: int, depths, trials: int, seed: int) -> list:
@@ -57,8 +58,8 @@ def make_examples(tok, context_len: int, depths, trials: int, seed: int) -> list
 
 
 def policy_for(kind: str, budget: int, model, prompts, c, extra: int | None = None):
-    """The policy of ``kind`` for this batch of ``prompts`` (int arrays; DynamicKV probes
-    them first), with ``extra`` decode slots (default ``c.max_new_tokens``)."""
+    """The policy of spec ``kind`` for this batch of ``prompts`` (int arrays; DynamicKV probes
+    them first), with room for ``extra`` new tokens (default ``c.max_new_tokens``)."""
     tokens, lengths = pad_prompts(prompts, PAD)
     t = tokens.shape[1]
     pos = np.where(np.arange(t)[None] < lengths[:, None], np.arange(t)[None], -1)
@@ -66,9 +67,9 @@ def policy_for(kind: str, budget: int, model, prompts, c, extra: int | None = No
     def probe(policy):
         return streaming.prefill(model, tokens, pos, policy)[1]
 
-    return streaming.make_policy(kind, budget, model.cfg, t, num_sinks=c.num_sinks,
-                                 window=c.window, probe=probe,
-                                 extra=c.max_new_tokens if extra is None else extra)
+    return registry.build(kind, budget, prompt_len=t, num_layers=model.cfg.num_layers,
+                          max_new=c.max_new_tokens if extra is None else extra,
+                          num_model_sinks=model.cfg.num_sink_tokens, probe=probe)
 
 
 def solved(model, tok, examples, policy, max_new_tokens: int) -> np.ndarray:
@@ -198,7 +199,7 @@ def plot_heatmaps(rows: list[dict], depths, contexts, path: str, cols: int = 4) 
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
     model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)
-    check_grid(c, tok)
+    check_grid(c, tok, model.cfg.num_layers)
     examples = make_examples(tok, c.check_context, c.depths, c.trials, c.seed + 1)
     dense = policy_for("dense", 0, model, [e.prompt_ids for e in examples], c)
     check = solved(model, tok, examples, dense, c.max_new_tokens).mean()

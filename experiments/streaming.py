@@ -1,6 +1,6 @@
 """Shared helpers of the experiments: reference models, held-out text, per-token NLL under a
-cache policy (token-by-token decode, dense prefill, sliding window with recomputation), the
-policy zoo, the sink rate and CSV output.
+cache policy (token-by-token decode, dense prefill, sliding window with recomputation), the sink
+rate and CSV output. Policies come from spec strings (``lcache.cache.registry``).
 
 Stream layout: ``stream [N + 1]`` int32 = BOS then ``N`` held-out tokens; step ``i`` feeds
 ``stream[i]`` at text position ``i`` and scores ``stream[i + 1]``, so ``stream_nll``,
@@ -25,18 +25,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from lcache.analysis import sink_rate
-from lcache.cache import (
-    H2O,
-    Dense,
-    Policy,
-    SlidingWindow,
-    SnapKV,
-    StreamingLLM,
-    dynamic,
-    per_layer,
-    pyramid,
-    quantized,
-)
+from lcache.cache import Dense, SlidingWindow, StreamingLLM, registry
 from lcache.checkpoint import load_model
 from lcache.data import ByteTokenizer, list_files, load_tokens, split_files
 from lcache.generate import pad_prompts
@@ -338,7 +327,7 @@ def streaming_runs(model, stream, cache_size: int, sinks: Sequence[int] = (1, 2,
         runs.append(Run("streaming_llm", s, cache_size,
                         stream_nll(model, stream, pol, chunk, f"{s} sinks")))
     if h2o:
-        pol = make_policy("h2o", cache_size, model.cfg)
+        pol = registry.build("h2o", cache_size)
         runs.append(Run("h2o", 0, cache_size, stream_nll(model, stream, pol, chunk, "h2o")))
     if dense_tokens:
         m = n if dense_tokens < 0 else min(dense_tokens, n)
@@ -381,80 +370,6 @@ def curve_rows(runs: Sequence[Run], size: int) -> list[dict]:
         rows += [dict(policy=r.policy, num_sinks=r.num_sinks, cache_size=r.cache_size,
                       end_token=int(e), ppl=float(v)) for e, v in zip(ends, vals, strict=True)]
     return rows
-
-
-# -- policies ----------------------------------------------------------------------------------
-
-POLICIES = ("dense", "window", "streaming_llm", "h2o", "snapkv", "pyramidkv", "dynamickv")
-SNAP_FAMILY = ("snapkv", "pyramidkv", "dynamickv")
-STORAGES = ("", "int8", "int4", "int2")
-QUANT = dict(group=16, residual=32, keep_sinks=4)  # KIVI storage; small enough for our caches
-
-
-def check_budget(kind: str, budget: int, prompt_len: int = 0, num_sinks: int = 4,
-                 window: int = 8) -> None:
-    """Raise ValueError unless policy ``kind`` (see ``make_policy``) can hold ``budget``."""
-    base, _, storage = kind.partition("@")
-    if base not in POLICIES or storage not in STORAGES:
-        raise ValueError(f"unknown policy {kind!r}; expected one of {POLICIES}, optionally "
-                         f"@{'/@'.join(STORAGES[1:])}")
-    least = {"dense": 0, "window": 1, "streaming_llm": num_sinks + 1, "h2o": 2}.get(base,
-                                                                                    window + 1)
-    if budget < least:
-        raise ValueError(f"{base} cannot hold a budget of {budget} tokens: it needs at least "
-                         f"{least} (sinks={num_sinks}, observation window={window})")
-    if base in SNAP_FAMILY and budget > prompt_len:
-        raise ValueError(f"{base} budget={budget} is larger than the {prompt_len}-token prompt: "
-                         "nothing would be compressed")
-
-
-def snapkv_layers(budgets: Sequence[int], window: int = 8, extra: int = 0) -> tuple:
-    """Per-layer SnapKV (KVCache-Factory settings: kernel 7, max pooling) keeping
-    ``budgets[l]`` prompt tokens in layer ``l``, plus ``extra`` decode slots."""
-    return per_layer(lambda b: SnapKV(budget=b, window=window, kernel=7, pooling="max",
-                                      decode_capacity=extra), budgets)
-
-
-def make_policy(kind: str, budget: int, cfg, prompt_len: int = 0, *,
-                num_sinks: int = 4, window: int = 8, extra: int = 0,
-                probe: Callable[[Policy], list] | None = None) -> Policy | tuple[Policy, ...]:
-    """One policy (or per-layer policies) for a model of config ``cfg`` keeping ``budget`` tokens
-    per layer and head.
-
-    ``kind``: 'dense' (room for the prompt, ``extra`` new tokens and the model's sink tokens;
-    budget ignored), 'window' (sliding
-    window), 'streaming_llm' (``num_sinks`` + window), 'h2o' (half heavy, half recent),
-    'snapkv' / 'pyramidkv' / 'dynamickv' (``snapkv_layers``: compress once after the prompt,
-    then ``extra`` decode slots). ``kind@int8`` / ``@int4`` / ``@int2`` stores it KIVI-quantized
-    (``lcache.cache.quantized`` with ``QUANT``). DynamicKV needs ``probe(policy) -> caches``, a
-    prefill of the prompt under ``policy``. Raises ValueError for a budget the policy cannot
-    hold (``check_budget``).
-    """
-    check_budget(kind, budget, prompt_len, num_sinks, window)
-    base, _, storage = kind.partition("@")
-    if base == "dense":
-        pol = Dense(prompt_len + extra + cfg.num_sink_tokens)
-    elif base == "window":
-        pol = SlidingWindow(window=budget)
-    elif base == "streaming_llm":
-        pol = StreamingLLM.from_budget(budget, num_sinks=num_sinks)
-    elif base == "h2o":
-        pol = H2O(heavy=budget // 2, recent=budget - budget // 2)
-    elif base == "snapkv":
-        pol = snapkv_layers((budget,), window, extra)[0]
-    elif base == "pyramidkv":
-        pol = snapkv_layers(pyramid(budget, cfg.num_layers, prompt_len, window=window), window,
-                            extra)
-    else:
-        if probe is None:
-            raise ValueError("dynamickv needs a probe prefill of the prompt")
-        keep_all = snapkv_layers((prompt_len + cfg.num_sink_tokens,), window)[0]
-        caches = probe(keep_all)  # stores every token's vote
-        pol = snapkv_layers(dynamic(caches, budget, window=window), window, extra)
-    if not storage:
-        return pol
-    wrap = functools.partial(quantized, bits=int(storage.removeprefix("int")), **QUANT)
-    return wrap(pol) if isinstance(pol, Policy) else tuple(wrap(p) for p in pol)
 
 
 # -- sinks -------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     python -m experiments.sweep --config=configs/sweep.py:reduced --workdir=runs/sweep
 
-For each policy (``experiments.streaming.make_policy``; ``@intN`` = KIVI storage) and budget,
+For each policy spec (``lcache.cache.registry``; ``@intN`` = KIVI storage) and budget,
 one batch of prompts (held-out text prefixes and passkey prompts) is prefilled, then the text
 continuations and passkey answers are scored token by token (``experiments.passkey.quality``)
 and the passkeys generated greedily. Bytes are the cache's arrays for one sequence at bf16
@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments import passkey, streaming
-from lcache.cache import Policy, cache_bytes
+from lcache.cache import Policy, cache_bytes, registry
 
 
 def policy_bytes(policy, cfg) -> int:
@@ -75,7 +75,7 @@ def run(c, workdir: str) -> list[dict]:
                                  c.depths, c.trials, c.seed, c.offset)
     for kind in c.policies:  # fail before any work on a budget a policy cannot hold
         for budget in c.budgets:
-            streaming.check_budget(kind, budget, c.prefix, c.num_sinks, c.window)
+            registry.check(kind, budget, prompt_len=c.prefix, num_layers=model.cfg.num_layers)
     rows = []
     for kind in c.policies:
         for budget in [0] if kind.startswith("dense") else c.budgets:

@@ -6,6 +6,7 @@ import numpy as np
 
 from configs.sweep import get_config
 from experiments import sweep
+from lcache.cache import registry
 
 
 def test_smoke_end_to_end(tmp_path):
@@ -14,15 +15,17 @@ def test_smoke_end_to_end(tmp_path):
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["policy", "budget", "cache_bytes", "ppl", "answer_nll", "accuracy"]
     by_policy = {r["policy"]: r for r in rows}
-    assert by_policy["snapkv"]["cache_bytes"] < by_policy["dense@int4"]["cache_bytes"]
+    snapkv = "snapkv(window=8,kernel=7,pool=max)"
+    assert by_policy[snapkv]["cache_bytes"] < by_policy["dense@int4+sinks4"]["cache_bytes"]
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
 def test_policy_bytes_count_every_layer():
     cfg = get_config("smoke")
     model, _ = sweep.streaming.load_reference(cfg.model_dir)
-    one = sweep.policy_bytes(sweep.streaming.make_policy("snapkv", 32, model.cfg, 64), model.cfg)
-    per_layer = sweep.policy_bytes(sweep.streaming.snapkv_layers((32,) * 2), model.cfg)
+    policy = registry.build("snapkv(window=8,kernel=7,pool=max)", 32, prompt_len=64)
+    one = sweep.policy_bytes(policy, model.cfg)
+    per_layer = sweep.policy_bytes((policy,) * model.cfg.num_layers, model.cfg)
     assert one == per_layer > 0
 
 

@@ -38,7 +38,7 @@ POLICIES = {
     # part of the ring.
     "dense": (quantized(Dense(200), bits=4, group=32, residual=32, keep_sinks=4), 150, 5),
     # StreamingLLM moves tokens between slots (its own ring wraps): evictions + sinks.
-    "streaming": (quantized(StreamingLLM(window=60, num_sinks=4, positions="original"), bits=8,
+    "streaming_llm": (quantized(StreamingLLM(window=60, num_sinks=4, positions="original"), bits=8,
                             group=32, residual=32, keep_sinks=2), 100, 30),
 }
 

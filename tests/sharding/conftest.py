@@ -65,7 +65,7 @@ def children(tmp_path_factory):
                                     [str(HERE / "multihost_worker.py"), str(pid), port], _env(2))
     kids["generate_cli"] = new("generate_cli", [
         "-m", "experiments.generate", "--config=configs/generate.py:smoke",
-        "--config.policy=streaming", "--config.budget=16", "--config.batch=2",
+        "--config.policy=streaming_llm", "--config.budget=16", "--config.batch=2",
         "--config.mesh.data=2", "--config.sampling.max_new_tokens=4"], _env(2))
     try:
         yield kids

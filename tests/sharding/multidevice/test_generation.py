@@ -16,7 +16,7 @@ SAMPLING = Sampling(max_new_tokens=5)
 # Capacities below the prompt lengths, so every non-dense policy evicts during prefill and decode.
 POLICIES = {
     "dense": Dense(48),
-    "streaming": StreamingLLM(window=6, num_sinks=2),
+    "streaming_llm": StreamingLLM(window=6, num_sinks=2),
     "h2o": H2O(heavy=4, recent=4),
     "snapkv": SnapKV(budget=8, window=4),
 }
@@ -73,7 +73,7 @@ def test_mesh_caches_params_and_steps(model, prompts, one_device, compiles):
 
 
 def test_pmap_keeps_one_cache_per_device(model, prompts):
-    gen = Generator(model, POLICIES["streaming"], SAMPLING, PmapLayout(8))
+    gen = Generator(model, POLICIES["streaming_llm"], SAMPLING, PmapLayout(8))
     stream, _ = gen.prefill(*pad_prompts(prompts))
     keys = stream.caches[0].keys  # [devices, B / devices, H, C, D]
     assert keys.shape[:2] == (8, len(prompts) // 8)
