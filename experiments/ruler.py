@@ -1,0 +1,82 @@
+"""The RULER-style suite under cache policies: which policy wins, at what memory, on which task.
+
+    python -m experiments.ruler --config=configs/ruler.py:gpu --workdir=runs/ruler
+
+Every registry spec in ``policies`` x ``budget_fracs`` of the context x ``contexts``, each cell
+one compiled program over all ``tasks`` x ``depths`` x ``trials`` (``lcache.eval.suite``).
+Writes to ``--workdir``:
+
+  ruler.csv             policy,budget_frac,task,context,depth,trials,accuracy,cache_bytes
+                        (rewritten after every cell, so a cut run keeps what it finished)
+  ruler_heatmap_<f>.png accuracy depth x context per policy at budget fraction f
+  ruler_pareto_<n>.png  accuracy vs cache bytes per task at context n, Pareto front
+and prints mean accuracy per policy x budget and per policy x task, and the engine's report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from experiments.common import cli, experiment
+from lcache.data import ruler
+from lcache.data.heldout import heldout_tokens
+from lcache.eval import (
+    Engine,
+    ProgramCache,
+    load_reference,
+    markdown,
+    suite,
+    suite_plots,
+    write_csv,
+)
+
+
+def table(rows: list[dict], column: str) -> list[dict]:
+    """Mean accuracy per (policy, budget) row and ``column`` value."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["policy"], r["budget_frac"])
+        cell = out.setdefault(key, dict(policy=r["policy"], budget=f"{r['budget_frac']:g}"))
+        cell.setdefault(str(r[column]), []).append(r["accuracy"])
+    return [{k: f"{np.mean(v):.2f}" if isinstance(v, list) else v for k, v in row.items()}
+            for row in out.values()]
+
+
+@experiment
+def run(c, workdir: str) -> list[dict]:
+    start = time.time()
+    model, tok = load_reference(c.model_dir, c.compute_dtype)
+    cells = suite.grid(c.policies, c.budget_fracs, c.contexts)
+    suite.check_cells(cells, model.cfg, max(ruler.MAX_NEW_TOKENS[t] for t in c.tasks))
+    examples = ruler.make_suite(tok, heldout_tokens(tok), tuple(c.tasks), tuple(c.contexts),
+                                tuple(c.depths), c.trials, c.seed)
+    logging.info("%d cells x %d examples", len(cells), len(examples))
+    os.makedirs(workdir, exist_ok=True)
+    csv_path = os.path.join(workdir, "ruler.csv")
+    done: list[dict] = []
+
+    def on_cell(cell, rows):
+        done.extend(rows)
+        write_csv(csv_path, done)
+
+    engine = Engine.create(model, ProgramCache())
+    rows = suite.run_suite(engine, tok, examples, cells, batch=c.batch, threads=c.threads,
+                           probe_rows=c.probe_rows, on_cell=on_cell)
+    for frac in c.budget_fracs:
+        suite_plots.heatmaps(rows, frac, os.path.join(workdir, f"ruler_heatmap_{frac:g}.png"))
+    for context in c.contexts:
+        suite_plots.pareto(rows, context, os.path.join(workdir, f"ruler_pareto_{context}.png"))
+    print(f"{os.path.basename(c.model_dir)}: mean accuracy over tasks, depths, contexts")
+    print(markdown(table(rows, "context")))
+    print(markdown(table(rows, "task")))
+    print(engine.report())
+    print(f"wall time {time.time() - start:.0f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    cli(run, "configs/ruler.py:gpu")

@@ -1,0 +1,174 @@
+"""The RULER-style suite under cache policies: which policy wins, at what memory, on which task.
+
+A **cell** is (policy spec, budget fraction, context). Its examples (every task, depth and
+trial of ``lcache.data.ruler.make_suite`` at that context) run as one batch of greedy
+generations through ``Engine.generate`` in fixed micro-batches padded to the context, so every
+cell is one compiled program, shared by all its tasks and depths. All programs are compiled
+ahead of time in threads (``Engine.precompile``) before the first cell runs; the engine's report
+says where the time went.
+
+The budget of a cell is ``round(budget_frac * context)`` tokens per layer and head (sinks and
+windows included, ``lcache.cache.registry``); ``dense`` and the full-cache quantized specs
+(``dense@...``) run at ``budget_frac = 1`` only. DynamicKV allocates its per-layer budgets from
+a probe prefill of the cell's first ``probe_rows`` prompts (the reference allocates per prompt;
+one allocation per cell keeps the batch on one program).
+
+Rows: ``policy, budget_frac, task, context, depth, trials, accuracy, cache_bytes`` with
+``cache_bytes`` the bytes of all layers' caches for one sequence at the storage's dtypes (keys,
+values, positions, scores, quantization scales: ``lcache.cache.cache_bytes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from absl import logging
+
+from lcache.cache import cache_bytes, registry
+from lcache.data import ruler
+from lcache.eval.engine import Engine
+from lcache.sampling import Sampling
+
+FULL = "dense"  # specs whose name is this run at budget_frac = 1 only
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One policy at one budget and context."""
+
+    spec: str
+    budget_frac: float
+    context: int
+
+    @property
+    def budget(self) -> int:
+        return registry.round_half_up(self.budget_frac * self.context)
+
+    @property
+    def full(self) -> bool:
+        return registry.parse(self.spec).name == FULL
+
+
+def grid(specs: Sequence[str], fracs: Sequence[float], contexts: Sequence[int]) -> list[Cell]:
+    """Every spec at every budget fraction and context; full-cache specs at fraction 1 only."""
+    if not specs or not fracs or not contexts:
+        raise ValueError("specs, fracs and contexts must be non-empty")
+    bad = [f for f in fracs if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"budget fractions must lie in (0, 1], got {bad}")
+    cells = []
+    for context in contexts:
+        for spec in specs:
+            full = registry.parse(spec).name == FULL
+            cells += [Cell(spec, 1.0 if full else float(f), int(context))
+                      for f in ((1.0,) if full else fracs)]
+    return cells
+
+
+def check_cells(cells: Sequence[Cell], cfg, max_new: int) -> None:
+    """Raise ValueError (before any work) for a spec the registry refuses at its budget."""
+    for c in cells:
+        try:
+            registry.check(c.spec, c.budget, prompt_len=c.context, num_layers=cfg.num_layers,
+                           max_new=max_new, num_model_sinks=cfg.num_sink_tokens)
+        except ValueError as err:
+            raise ValueError(f"cell {c.spec} at {c.budget_frac:g} of context {c.context} "
+                             f"({c.budget} tokens): {err}") from err
+
+
+def cell_policy(engine: Engine, cell: Cell, prompts: Sequence[np.ndarray], max_new: int,
+                probe_rows: int):
+    """The policy of ``cell`` (DynamicKV probes the first ``probe_rows`` prompts)."""
+    def probe(policy):
+        return engine.prefill(list(prompts[:probe_rows]), policy, pad_to=cell.context,
+                              batch=min(probe_rows, len(prompts)))
+
+    return registry.build(cell.spec, cell.budget, prompt_len=cell.context,
+                          num_layers=engine.cfg.num_layers, max_new=max_new,
+                          num_model_sinks=engine.cfg.num_sink_tokens, probe=probe)
+
+
+def policy_bytes(policy, cfg) -> int:
+    """Bytes of all layers' caches for one sequence (bf16 full-precision storage)."""
+    layers = tuple(policy) if isinstance(policy, tuple) else (policy,) * cfg.num_layers
+    kv, q, dk, _ = cfg.cache_dims
+    return cache_bytes(layers, 1, kv, dk, q_heads=q)
+
+
+def _needs_probe(spec: str) -> bool:
+    return "probe" in registry.REGISTRY[registry.parse(spec).name].needs
+
+
+class Progress:
+    """A one-line progress bar on stderr: cells done, elapsed and remaining seconds."""
+
+    def __init__(self, total: int, label: str = "cells"):
+        self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        spent = time.perf_counter() - self.start
+        left = spent / self.done * (self.total - self.done)
+        bar = "#" * int(30 * self.done / self.total)
+        sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} {self.label} "
+                         f"{spent:.0f}s elapsed ~{left:.0f}s left {note[:40]:<40}")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells: Sequence[Cell],
+              *, batch: int, threads: int = 8, probe_rows: int = 32,
+              on_cell: Callable[[Cell, list[dict]], None] | None = None) -> list[dict]:
+    """Every cell over the ``examples`` of its context -> result rows (see module docstring).
+
+    ``batch`` rows per micro-batch; ``threads`` concurrent compilations; ``on_cell`` is called
+    with each finished cell's rows (progress, partial CSVs)."""
+    max_new = max(ruler.MAX_NEW_TOKENS[e.task] for e in examples)
+    check_cells(cells, engine.cfg, max_new)
+    by_context: dict[int, list] = {}
+    for e in examples:
+        by_context.setdefault(e.context, []).append(e)
+    missing = sorted({c.context for c in cells} - set(by_context))
+    if missing:
+        raise ValueError(f"no examples at contexts {missing}")
+    sampling = Sampling(max_new_tokens=max_new)
+    policies = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in cells
+                if not _needs_probe(c.spec)}
+    jobs = [j for c, p in policies.items()
+            for j in engine.generate_jobs(p, sampling, pad_to=c.context, batch=batch)]
+    start = time.perf_counter()
+    logging.info("precompiling %d programs in %d threads", len(jobs), threads)
+    engine.precompile(jobs, threads)
+    logging.info("precompiled in %.1f s", time.perf_counter() - start)
+    rows, progress = [], Progress(len(cells))
+    for cell in cells:
+        exs = by_context[cell.context]
+        prompts = [e.prompt_ids for e in exs]
+        policy = policies.get(cell) or cell_policy(engine, cell, prompts, max_new, probe_rows)
+        outs = engine.generate(prompts, policy, sampling, pad_to=cell.context, batch=batch)
+        ok = np.array([ruler.score(e, tok.decode(o.tolist())) for e, o in zip(exs, outs,
+                                                                                strict=True)])
+        cell_rows = summarize(cell, exs, ok, policy_bytes(policy, engine.cfg))
+        rows += cell_rows
+        if on_cell:
+            on_cell(cell, cell_rows)
+        progress.step(f"{cell.spec} {cell.budget_frac:g} ctx {cell.context}: "
+                      f"{ok.mean():.2f}")
+    return rows
+
+
+def summarize(cell: Cell, examples: Sequence[ruler.TaskExample], solved: np.ndarray,
+              nbytes: int) -> list[dict]:
+    """One row per (task, depth) of a cell."""
+    groups: dict[tuple[str, float], list[bool]] = {}
+    for e, ok in zip(examples, solved, strict=True):
+        groups.setdefault((e.task, e.depth), []).append(bool(ok))
+    return [dict(policy=cell.spec, budget_frac=cell.budget_frac, task=task,
+                 context=cell.context, depth=depth, trials=len(v), accuracy=float(np.mean(v)),
+                 cache_bytes=nbytes)
+            for (task, depth), v in groups.items()]

@@ -1,0 +1,20 @@
+"""experiments.ruler end to end on the smoke config (untrained model, CPU)."""
+
+import csv
+
+from configs.ruler import get_config
+from experiments import ruler
+
+
+def test_smoke_end_to_end(tmp_path, capsys):
+    rows = ruler.run(get_config("smoke"), str(tmp_path))
+    with open(tmp_path / "ruler.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and list(table[0]) == [
+        "policy", "budget_frac", "task", "context", "depth", "trials", "accuracy", "cache_bytes"]
+    assert {r["policy"] for r in table} == {"dense", "streaming_llm(sinks=4)",
+                                            "snapkv(window=32,kernel=29,pool=max)"}
+    out = capsys.readouterr().out
+    assert "| policy | budget | passkey | multikey |" in out and "generate" in out
+    for name in ("ruler_heatmap_0.2.png", "ruler_pareto_600.png"):
+        assert (tmp_path / name).stat().st_size > 0
