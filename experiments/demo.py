@@ -95,7 +95,7 @@ def run(c, workdir: str) -> list[dict]:
             curves.update({(name, cache, r.label): chunk_curve(
                 r.nll, c.curve_every)[1] for r in runs})
         windows = heldout_windows(tok, c.sink_samples, c.sink_len, c.offset + c.stream_tokens)
-        rates[name] = first_token_sink_rate(engine.attention_weights(windows),
+        rates[name] = first_token_sink_rate(engine.analyze(windows)["weights"],
                                             model.cfg.num_sink_tokens, c.sink_eps)
         if name == c.sample_model:
             sample = sample_text(engine, tok, c)

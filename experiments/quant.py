@@ -20,11 +20,9 @@ for bf16) and ``config.json``.
 from __future__ import annotations
 
 import csv
-import functools
 import math
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
@@ -33,9 +31,9 @@ from ml_collections import config_flags
 
 from lcache.cache import Dense, Quantized
 from lcache.cache.bytes import cache_bytes_per_token
-from lcache.cache.sinks import WithSinkScore, outlier_score
 from lcache.checkpoint import load_model
 from lcache.data import ByteTokenizer, eval_batches, list_files, load_tokens, split_files
+from lcache.eval import Engine, ProgramCache
 from lcache.model import ModelConfig, Transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quant.py:smoke")
@@ -81,32 +79,6 @@ def storages(c, capacity: int):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "prefill_len", "sink_layer",
-                                             "cache_dtype"))
-def decoded_nll(graphdef, params, windows_BT1, *, policy, prefill_len, sink_layer, cache_dtype):
-    """``[B]`` summed ``-log p`` of the tokens predicted while decoding after the prompt."""
-    model = nnx.merge(graphdef, params)
-    inputs, targets = windows_BT1[:, :-1], windows_BT1[:, 1:]
-    b, t = inputs.shape
-    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    caches = model.init_cache(policy, b, jnp.dtype(cache_dtype))
-    prompt_policy = policy
-    if isinstance(policy, Quantized) and policy.sink_detect == "outlier":
-        _, hidden = model(inputs[:, :prefill_len], return_hidden=True)
-        prompt_policy = WithSinkScore(policy, outlier_score(hidden[sink_layer]))
-    _, caches = model.prefill(inputs[:, :prefill_len], pos[:, :prefill_len], caches,
-                              prompt_policy)
-
-    def step(caches, xs):
-        token, p, target = xs
-        logits, caches = model.decode(token, p, caches, policy)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-        return caches, -jnp.take_along_axis(logp, target[:, None], axis=1)[:, 0]
-
-    xs = (inputs[:, prefill_len:].T, pos[:, prefill_len:].T, targets[:, prefill_len:].T)
-    return jax.lax.scan(step, caches, xs)[1].sum(axis=0)
-
-
 def evaluate(c, model, windows) -> list[dict]:
     cfg = model.cfg
     if not 0 < c.prefill_len < c.seq_len:
@@ -115,13 +87,14 @@ def evaluate(c, model, windows) -> list[dict]:
         raise ValueError(f"sink_layer={c.sink_layer} outside [0, {cfg.num_layers}]")
     if c.seq_len > cfg.max_seq_len:
         logging.warning("seq_len=%d exceeds the trained context %d", c.seq_len, cfg.max_seq_len)
-    graphdef, params = nnx.split(model)
+    engine = Engine.create(model, ProgramCache(), cache_dtype=c.cache_dtype,
+                           sink_layer=c.sink_layer)
+    prompts, decoded = windows[:, :c.prefill_len], windows[:, c.prefill_len:]
     rows = []
     for storage, bits, sinks, policy in storages(c, c.seq_len + cfg.num_sink_tokens):
-        nll = sum(float(decoded_nll(graphdef, params, jnp.asarray(windows[i:i + c.batch]),
-                                    policy=policy, prefill_len=c.prefill_len,
-                                    sink_layer=c.sink_layer, cache_dtype=c.cache_dtype).sum())
-                  for i in range(0, len(windows), c.batch))
+        # the first continuation token is predicted by the prefill, in full precision: not counted
+        nll = sum(float(x[1:].sum()) for x in engine.continuation_nll(prompts, decoded, policy,
+                                                                       batch=c.batch))
         ppl = math.exp(nll / (len(windows) * (c.seq_len - c.prefill_len)))
         row = dict(storage=storage, bits=bits, keep_sinks=sinks,
                    bytes_per_token=cache_bytes_per_token(cfg, policy,
@@ -129,6 +102,7 @@ def evaluate(c, model, windows) -> list[dict]:
                    ppl=ppl)
         logging.info("%s", row)
         rows.append(row)
+    logging.info("where the time went:\n%s", engine.report())
     return rows
 
 

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
 
 from lcache.analysis import (
@@ -49,6 +48,7 @@ from lcache.analysis import (
 from lcache.attention.variants import proxy_scores
 from lcache.checkpoint import load_model
 from lcache.data import BigramBackcopy, list_files, load_tokens, sample_batch, split_files
+from lcache.eval import Engine
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/sinks.py:smoke")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
@@ -131,23 +131,15 @@ def token_label(tok_id: int, bos_id: int, tokenizer=None, task=None) -> str:
 
 
 # -- one model ---------------------------------------------------------------------------------
-@nnx.jit
-def _analyze(model, tokens_BT):
-    out = model.analyze(tokens_BT)
-    del out["num_sink_tokens"]  # a Python int, not an output array
-    return out
-
-
 def run_model(model, tokens_in):
     """``analyze`` -> numpy, sample axis first: ``attn [N, L, H, S, S]`` (proxy scores for
     non-softmax variants), ``raw`` (the variant's weights), ``values [N, L, Hkv, S, D]``,
     ``hidden [N, L+1, S, dim]``, ``logits [N, T, V]``; ``S = K + T``."""
-    out = _analyze(model, jnp.asarray(tokens_in))
+    out = Engine.create(model).analyze(tokens_in)
     raw = out["weights"]
-    attn = raw if model.cfg.attention == "softmax" else proxy_scores(raw)
-    to_np = lambda x: np.moveaxis(np.asarray(x, np.float32), 1, 0)
-    return dict(attn=to_np(attn), raw=to_np(raw), values=to_np(out["values"]),
-                hidden=to_np(out["hidden"]), logits=np.asarray(out["logits"]))
+    attn = raw if model.cfg.attention == "softmax" else np.asarray(proxy_scores(raw), np.float32)
+    return dict(attn=attn, raw=raw, values=out["values"], hidden=out["hidden"],
+                logits=out["logits"])
 
 
 def mean_nll(logits_NTV, targets_NT) -> float:

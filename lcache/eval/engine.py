@@ -25,7 +25,14 @@ from flax import nnx
 
 from lcache.cache import Dense, Policy
 from lcache.eval import programs
-from lcache.eval.batching import check_fits, check_tokens, fill_rows, micro_batches, pad_prompts
+from lcache.eval.batching import (
+    check_fits,
+    check_generation,
+    check_tokens,
+    fill_rows,
+    micro_batches,
+    pad_prompts,
+)
 from lcache.eval.compiled import Job, ProgramCache, abstract, signature
 from lcache.model import ModelConfig
 from lcache.sampling import Sampling
@@ -51,17 +58,30 @@ def _cut_at_eos(row: np.ndarray, eos_id: int | None) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Engine:
     """A model split into ``graphdef`` (static) and ``params`` (arrays) plus its compiled
-    programs (``programs``, shared by default). Frozen: a snapshot of the weights."""
+    programs (``programs``, shared by default). Frozen: a snapshot of the weights.
+
+    ``cache_dtype``: dtype of the caches' full-precision arrays (None: the compute dtype).
+    ``sink_layer``: KVSink's layer: policies storing outlier-detected sinks
+    (``sink_detect='outlier'``) score prompt tokens by the residual stream after this block
+    (None: they use the attention mass).
+    """
 
     graphdef: nnx.GraphDef
     params: nnx.State = dataclasses.field(repr=False)
     cfg: ModelConfig
     programs: ProgramCache = dataclasses.field(default=SHARED, repr=False)
+    cache_dtype: str | None = None
+    sink_layer: int | None = None
 
     @classmethod
-    def create(cls, model, programs: ProgramCache | None = None) -> Engine:
+    def create(cls, model, programs: ProgramCache | None = None, *,
+               cache_dtype: str | None = None, sink_layer: int | None = None) -> Engine:
+        if sink_layer is not None and not 0 <= sink_layer <= model.cfg.num_layers:
+            raise ValueError(f"sink_layer={sink_layer} outside [0, {model.cfg.num_layers}]")
+        if cache_dtype is not None:
+            cache_dtype = jnp.dtype(cache_dtype).name  # raises on an unknown dtype
         graphdef, params = nnx.split(model)
-        return cls(graphdef, params, model.cfg, programs or SHARED)
+        return cls(graphdef, params, model.cfg, programs or SHARED, cache_dtype, sink_layer)
 
     @functools.cached_property
     def _params_sig(self):
@@ -84,20 +104,28 @@ class Engine:
 
     def init_cache(self, policy, batch: int) -> list:
         """Empty per-layer caches of ``batch`` rows (sink tokens prefilled)."""
-        return self.run(Job.of(programs.init_cache, policy=policy, batch=batch))
+        return self.run(self._init_cache(policy, batch))
+
+    def _init_cache(self, policy, batch: int) -> Job:
+        return Job.of(programs.init_cache, policy=policy, batch=batch,
+                      cache_dtype=self.cache_dtype)
+
+    def _prefill(self, policy, caches, tokens, pos, targets) -> Job:
+        return Job.of(programs.prefill, caches, tokens, pos, targets, donate=(0,), policy=policy,
+                      sink_layer=self.sink_layer)
 
     def _cache_specs(self, policy, batch: int):
-        fn = functools.partial(programs.init_cache, self.graphdef, policy=policy, batch=batch)
+        fn = functools.partial(programs.init_cache, self.graphdef, policy=policy, batch=batch,
+                               cache_dtype=self.cache_dtype)
         return abstract(jax.eval_shape(fn, self.params))
 
     # -- generation --------------------------------------------------------------------------
-    @staticmethod
-    def _generate(policy, sampling, tokens, lengths, bits, forced=None) -> Job:
+    def _generate(self, policy, sampling, tokens, lengths, bits, forced=None) -> Job:
+        static = dict(policy=policy, sampling=sampling, cache_dtype=self.cache_dtype,
+                      sink_layer=self.sink_layer)
         if forced is None:
-            return Job.of(programs.generate, tokens, lengths, bits, policy=policy,
-                          sampling=sampling)
-        return Job.of(programs.generate_scored, tokens, lengths, bits, forced, policy=policy,
-                      sampling=sampling)
+            return Job.of(programs.generate, tokens, lengths, bits, **static)
+        return Job.of(programs.generate_scored, tokens, lengths, bits, forced, **static)
 
     def generate_jobs(self, policy, sampling: Sampling, *, pad_to: int, batch: int,
                       score_to: int = 0) -> list[Job]:
@@ -150,7 +178,9 @@ class Engine:
         forced, longest = scored or (None, 0)
         if forced is not None:
             check_tokens(forced, self.cfg.vocab_size)
-        check_fits(self.cfg, policy, tokens.shape[1], max(sampling.max_new_tokens, longest))
+        new_tokens = max(sampling.max_new_tokens, longest)
+        policy = check_generation(self.cfg, policy, sampling, new_tokens)
+        check_fits(self.cfg, policy, int(lengths.max()), new_tokens)
         out, nll = [], []
         for i, (start, stop) in enumerate(micro_batches(len(tokens), batch)):
             rows = stop - start if batch is None else batch
@@ -169,17 +199,15 @@ class Engine:
         """The programs ``prefill`` and ``continuation_nll`` start with (fresh caches, then one
         chunk of ``pad_to`` tokens)."""
         spec = _spec((batch, pad_to))
-        return [Job.of(programs.init_cache, policy=policy, batch=batch),
-                Job.of(programs.prefill, self._cache_specs(policy, batch), spec, spec, spec,
-                       donate=(0,), policy=policy)]
+        return [self._init_cache(policy, batch),
+                self._prefill(policy, self._cache_specs(policy, batch), spec, spec, spec)]
 
     def _prefill_rows(self, policy, tokens, lengths, targets):
         """Fresh caches, one prefill of right-padded rows -> ``(nll [B, T], caches)``."""
         caches = self.init_cache(policy, len(tokens))
         pos = np.where(np.arange(tokens.shape[1])[None] < lengths[:, None],
                        np.arange(tokens.shape[1])[None], -1).astype(np.int32)
-        return self.run(Job.of(programs.prefill, caches, tokens, pos, targets, donate=(0,),
-                               policy=policy))
+        return self.run(self._prefill(policy, caches, tokens, pos, targets))
 
     def prefill(self, prompts: Sequence[Sequence[int]], policy, *, pad_to: int | None = None,
                 batch: int | None = None, pad_multiple: int = 16) -> list:
@@ -187,7 +215,7 @@ class Engine:
         probe), as host arrays of ``len(prompts)`` rows (micro-batches concatenated)."""
         tokens, lengths = pad_prompts(prompts, pad_multiple, pad_to=pad_to)
         check_tokens(tokens, self.cfg.vocab_size)
-        check_fits(self.cfg, policy, tokens.shape[1], 0)
+        check_fits(self.cfg, policy, int(lengths.max()), 0)
         parts = []
         for start, stop in micro_batches(len(tokens), batch):
             rows = stop - start if batch is None else batch
@@ -201,7 +229,7 @@ class Engine:
     def decode_nll_jobs(self, policy, *, batch: int, chunk: int) -> list[Job]:
         """The programs ``stream_nll`` runs for ``batch`` rows, ``chunk`` steps per call."""
         spec = _spec((chunk, batch))
-        return [Job.of(programs.init_cache, policy=policy, batch=batch),
+        return [self._init_cache(policy, batch),
                 Job.of(programs.decode_nll, self._cache_specs(policy, batch), spec, spec, spec,
                        donate=(0,), policy=policy)]
 
@@ -258,7 +286,7 @@ class Engine:
         cont, _ = pad_prompts(continuations, pad_multiple)
         check_tokens(cont, self.cfg.vocab_size)
         check_tokens(tokens, self.cfg.vocab_size)
-        check_fits(self.cfg, policy, tokens.shape[1], max(map(len, continuations)) - 1)
+        check_fits(self.cfg, policy, int(lengths.max()), max(map(len, continuations)) - 1)
         out = []
         for start, stop in micro_batches(len(tokens), batch):
             rows = stop - start if batch is None else batch
@@ -289,9 +317,8 @@ class Engine:
         caches = self.init_cache(policy, 1)
         out, start = [], time.perf_counter()
         for s in range(0, steps, chunk):
-            nll, caches = self.run(Job.of(programs.prefill, caches, tokens[:, s:s + chunk],
-                                          pos[:, s:s + chunk], targets[:, s:s + chunk],
-                                          donate=(0,), policy=policy))
+            nll, caches = self.run(self._prefill(policy, caches, tokens[:, s:s + chunk],
+                                                 pos[:, s:s + chunk], targets[:, s:s + chunk]))
             out.append(np.asarray(nll[0]))
             done = min(s + chunk, n)
             logging.info("%s %d/%d tokens, %.1f tok/s", label, done, n,
@@ -328,13 +355,16 @@ class Engine:
         return nll
 
     # -- analysis ----------------------------------------------------------------------------
-    def attention_weights(self, tokens_NT) -> np.ndarray:
-        """Full-forward attention weights ``[N, L, Hq, K+T, K+T]`` float32 of ``tokens [N, T]``
-        (``K`` learnable sink tokens first), the layout of ``lcache.analysis`` metrics."""
+    def analyze(self, tokens_NT) -> dict[str, np.ndarray]:
+        """Full forward of ``tokens [N, T]`` with its taps, sample axis first (the layout of
+        ``lcache.analysis``): ``logits [N, T, V]``, ``hidden [N, L+1, K+T, dim]``,
+        ``weights [N, L, Hq, K+T, K+T]`` (the variant's own attention weights) and
+        ``values [N, L, Hkv, K+T, D]``, float32, ``K`` learnable sink tokens first."""
         tokens = np.asarray(tokens_NT, np.int32)
         check_tokens(tokens, self.cfg.vocab_size)
-        return np.asarray(self.run(Job.of(programs.attention_weights, tokens))).transpose(
-            1, 0, 2, 3, 4)
+        out = self.run(Job.of(programs.analyze, tokens))
+        return {k: np.asarray(v, np.float32) if k == "logits" else
+                np.moveaxis(np.asarray(v, np.float32), 1, 0) for k, v in out.items()}
 
 
 def recompute_targets(n: int, stride: int) -> np.ndarray:

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lcache.cache import Policy
+from lcache.cache.sinks import WithSinkScore, outlier_score
 from lcache.sampling import sample_logits
 
 
@@ -27,15 +29,35 @@ def prompt_positions(lengths_B, t: int):
     return jnp.where(steps < lengths_B[:, None], steps, -1)
 
 
-def init_cache(graphdef, params, *, policy, batch: int):
-    """Empty per-layer caches for ``batch`` rows (holding the model's sink tokens, if any)."""
-    return nnx.merge(graphdef, params).init_cache(policy, batch)
+def with_sink_scores(model, tokens_BT, policy, sink_layer: int | None):
+    """KVSink: every (per-layer) policy with ``sink_detect='outlier'`` gets the outlier score
+    ``[B, T]`` of the chunk's residual stream after block ``sink_layer`` (a full forward of the
+    chunk from position 0: exact for a prompt prefilled in one chunk). ``sink_layer=None``: no
+    hidden state reaches the cache, such policies fall back to the attention mass."""
+    layers = (policy,) if isinstance(policy, Policy) else tuple(policy)
+    wants = [getattr(p, "sink_detect", None) == "outlier" for p in layers]
+    if sink_layer is None or not any(wants):
+        return policy
+    score = outlier_score(model(tokens_BT, return_hidden=True)[1][sink_layer])
+    wrapped = tuple(WithSinkScore(p, score) if w else p for p, w in zip(layers, wants,
+                                                                          strict=True))
+    return wrapped[0] if isinstance(policy, Policy) else wrapped
 
 
-def prefill(graphdef, params, caches, tokens_BT, pos_BT, targets_BT, *, policy):
+def init_cache(graphdef, params, *, policy, batch: int, cache_dtype: str | None):
+    """Empty per-layer caches for ``batch`` rows of ``cache_dtype`` (None: the compute dtype),
+    holding the model's sink tokens, if any."""
+    dtype = None if cache_dtype is None else jnp.dtype(cache_dtype)
+    return nnx.merge(graphdef, params).init_cache(policy, batch, dtype)
+
+
+def prefill(graphdef, params, caches, tokens_BT, pos_BT, targets_BT, *, policy,
+            sink_layer: int | None):
     """A chunk ``tokens [B, T]`` at ``pos [B, T]`` into ``caches`` -> ``(nll [B, T], caches)``:
     ``nll[b, t]`` scores ``targets[b, t]`` as the token after ``tokens[b, t]``."""
-    logits, caches = nnx.merge(graphdef, params).prefill(tokens_BT, pos_BT, caches, policy)
+    model = nnx.merge(graphdef, params)
+    chunk_policy = with_sink_scores(model, tokens_BT, policy, sink_layer)
+    logits, caches = model.prefill(tokens_BT, pos_BT, caches, chunk_policy)
     return token_nll(logits, targets_BT), caches
 
 
@@ -51,12 +73,13 @@ def decode_nll(graphdef, params, caches, inputs_TB, targets_TB, pos_TB, *, polic
     return jax.lax.scan(step, caches, (inputs_TB, targets_TB, pos_TB))
 
 
-def _prompt_logits(model, tokens_BT, lengths_B, policy):
+def _prompt_logits(model, tokens_BT, lengths_B, policy, cache_dtype, sink_layer):
     """Prefill right-padded prompts into fresh caches -> (logits after each prompt's last token
     ``[B, V]``, caches)."""
     b, t = tokens_BT.shape
-    caches = model.init_cache(policy, b)
-    logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, t), caches, policy)
+    caches = model.init_cache(policy, b, None if cache_dtype is None else jnp.dtype(cache_dtype))
+    logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, t), caches,
+                                   with_sink_scores(model, tokens_BT, policy, sink_layer))
     return jnp.take_along_axis(logits, (lengths_B - 1)[:, None, None], axis=1)[:, 0], caches
 
 
@@ -101,21 +124,22 @@ def _forced_nll(model, last_BV, caches, lengths_B, forced_BD, policy):
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
-def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampling):
+def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampling, cache_dtype,
+             sink_layer):
     """Prefill right-padded prompts ``tokens [B, T]`` of ``lengths [B]``, then sample
     ``[B, sampling.max_new_tokens]`` int32 tokens (``eos_id`` after a row's end).
     ``rng_bits``: ``jax.random.key_data`` of the sampling key."""
     model = nnx.merge(graphdef, params)
-    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy)
+    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy, cache_dtype, sink_layer)
     return _sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling)
 
 
 def generate_scored(graphdef, params, tokens_BT, lengths_B, rng_bits, forced_BD, *, policy,
-                    sampling):
+                    sampling, cache_dtype, sink_layer):
     """``generate`` plus the teacher-forced NLL ``[B, D]`` of ``forced [B, D]`` (a reference
     answer) from the same prefill: one program instead of a generation and a scoring one."""
     model = nnx.merge(graphdef, params)
-    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy)
+    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy, cache_dtype, sink_layer)
     return (_sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling),
             _forced_nll(model, last, caches, lengths_B, forced_BD, policy))
 
@@ -127,6 +151,8 @@ def window_nll(graphdef, params, windows_BW, last_B, targets_B):
     return token_nll(jnp.take_along_axis(logits, last_B[:, None, None], axis=1)[:, 0], targets_B)
 
 
-def attention_weights(graphdef, params, tokens_NT):
-    """Full-forward attention weights ``[L, N, Hq, K+T, K+T]`` float32 (``K`` sink tokens)."""
-    return nnx.merge(graphdef, params).analyze(tokens_NT)["weights"]
+def analyze(graphdef, params, tokens_NT):
+    """``Transformer.analyze`` of ``tokens [N, T]``: logits, residual stream, attention weights
+    and values (layer axis first; ``K`` sink tokens included)."""
+    out = nnx.merge(graphdef, params).analyze(tokens_NT)
+    return {k: v for k, v in out.items() if k != "num_sink_tokens"}
