@@ -29,6 +29,10 @@ Every mistake is a ValueError raised before any work (the DynamicKV probe includ
 unknown name or argument lists the valid ones, a bad value names its argument, and a budget
 that a policy cannot hold, or that is larger than the prompt of a compressor, says so.
 
+Adding a policy: after its class, ``register(name, cls, split=..., make=..., args=...,
+args_of=..., least=...)`` (see ``Entry``); import its module in ``lcache/cache/__init__.py``;
+its oracle and its test. Nothing else names it.
+
 Registered policies (``table()``; arguments with their defaults, then the budget split):
 
     dense
@@ -71,6 +75,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 import re
 import textwrap
 from collections.abc import Callable
@@ -296,7 +301,9 @@ def parse(text: str) -> Parsed:
             sinks, num = m.group(1), int(m.group(2))
     s.skip()
     if s.i < len(text):
-        s.fail("the end, '@<storage>' or '+sinksN'" if not storage else "the end or '+sinksN'")
+        s.fail("the end or '+sinksN' / '+kvsinkN'" if storage
+               else "'@int8', '@int4' or '@int2' before '+'" if text[s.i] == "+"
+               else "the end or '@<storage>'")
     return Parsed(name, args, storage, storage_args, sinks, num)
 
 
@@ -408,10 +415,16 @@ def _resolve(text: str, budget: int, ctx: Context, need_probe: bool):
     return entry, args, storage
 
 
+def _tokens(budget) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        raise ValueError(f"budget must be a whole number of tokens, got {budget!r}")
+    return int(budget)
+
+
 def check(text: str, budget: int, **context) -> None:
     """Raise ValueError if ``build(text, budget, **context)`` would. DynamicKV is checked up to
     its probe, which is not called (nor required: there may be no prompts yet)."""
-    entry = _resolve(text, int(budget), Context(**context), need_probe=False)[0]
+    entry = _resolve(text, _tokens(budget), Context(**context), need_probe=False)[0]
     if "probe" not in entry.needs:
         build(text, budget, **context)
 
@@ -422,7 +435,7 @@ def build(text: str, budget: int, *, prompt_len: int = 0, num_layers: int = 0,
     windows included; see ``Context`` for the rest) -> a ``Policy``, or ``LayerPolicies``
     (one per layer) for per-layer budgets. Raises ValueError before any work."""
     ctx = Context(prompt_len, num_layers, max_new, num_model_sinks, probe)
-    budget = int(budget)
+    budget = _tokens(budget)
     entry, args, storage = _resolve(text, budget, ctx, need_probe=True)
     try:
         policy = entry.make(budget, ctx, **args)

@@ -162,6 +162,7 @@ ERRORS = [
     ("dense@int4(bits=2)", B, "@int4 has no argument 'bits'; it accepts group, residual"),
     ("dynamickv(window=8)@int4(group=8,residual=12)", B,
      "residual=12 must be a multiple of group=8"),
+    ("window", 24.0, "budget must be a whole number of tokens, got 24.0"),
 ]
 
 
@@ -179,7 +180,9 @@ def test_errors_are_raised_before_any_work(text, budget, message):
     ("snapkv(window=32", 16, "',' or ')'"),
     ("snapkv(window32)", 15, "'='"),
     ("snapkv(window=8,window=9)", 16, "each argument once"),
-    ("snapkv+sinks4", 6, "the end, '@<storage>'"),
+    ("snapkv+sinks4", 6, "'@int8', '@int4' or '@int2' before '+'"),
+    ("snapkv@int4 x", 12, "the end or '+sinksN'"),
+    ("snapkv)", 6, "the end or '@<storage>'"),
     ("dense@int4+sink4", 11, "sinksN or kvsinkN"),
     ("dense@int4+sinks0", 11, "sinksN or kvsinkN"),
     ("(window=8)", 0, "a policy name"),
