@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
 
 def parse_arg(arg: str, **defaults):
     """``"small,wd=0.5,attn=sigmoid"`` -> ``{"variant": "small", "wd": 0.5, "attn": "sigmoid"}``.
@@ -18,6 +20,19 @@ def parse_arg(arg: str, **defaults):
         key, value = part.split("=", 1)
         if key not in out:
             raise ValueError(f"unknown config arg {key!r} in {arg!r}; known: {sorted(out)}")
-        kind = type(out[key]) if out[key] is not None else str
-        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        out[key] = _cast(key, value, type(out[key]) if out[key] is not None else str, arg)
     return out
+
+
+def _cast(key: str, value: str, kind: type, arg: str):
+    """``value`` as ``kind`` (the type of ``key``'s default); a ValueError names the argument."""
+    if kind is bool:
+        if value.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"config arg {key}={value!r} in {arg!r} is not a bool; use one of "
+                             f"{_TRUE + _FALSE}")
+        return value.lower() in _TRUE
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"config arg {key}={value!r} in {arg!r} is not a valid "
+                         f"{kind.__name__}") from None

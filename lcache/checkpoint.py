@@ -6,6 +6,7 @@ portable artefact a trained model ships as (bf16 by default), checked against it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -13,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
+from lcache import files
 from lcache.data import load_tokenizer
 from lcache.model import ModelConfig, Transformer
 
@@ -46,20 +48,37 @@ def save_model(directory: str, model: Transformer, tokenizer=None, meta: dict | 
     return directory
 
 
-def load_model(directory: str, dtype=jnp.float32, **overrides):
+def _config(cfg_path: str, overrides: dict) -> tuple[ModelConfig, dict]:
+    """``(ModelConfig, meta)`` from an exported ``config.json``; errors name the file."""
+    raw = files.read_json(cfg_path)
+    fields = raw.get("model")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{cfg_path}: missing the 'model' object (ModelConfig fields)")
+    unknown = sorted(fields.keys() - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ValueError(f"{cfg_path}: unknown ModelConfig fields {unknown}")
+    try:
+        return ModelConfig(**{**fields, **overrides}), raw.get("meta", {})
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{cfg_path}: {e}") from e
+
+
+def load_model(directory: str, dtype=jnp.float32, check_finite: bool = True, **overrides):
     """-> ``(model, tokenizer, meta)``. ``overrides`` replace config fields that do not change
-    parameter shapes (e.g. ``attention_impl``). Raises if the weights do not match the config."""
+    parameter shapes (e.g. ``attention_impl``). Raises, naming the file, if ``config.json`` is
+    not valid, the weights are unreadable, do not match the config or (``check_finite``) hold
+    NaN or infinite values."""
     cfg_path = os.path.join(directory, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"no config.json in checkpoint directory {directory!r}")
-    with open(cfg_path) as f:
-        raw = json.load(f)
-    cfg = ModelConfig(**{**raw["model"], **overrides})
+    cfg, meta = _config(cfg_path, overrides)
     # abstract init: shapes only, the weights come from the file
     graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))),
                                        nnx.Param, ...)
     expected = _flat(params)
-    loaded = load_file(os.path.join(directory, "params.safetensors"))
+    weights = os.path.join(directory, "params.safetensors")
+    with files.open_safetensors(weights) as f:
+        loaded = {name: f.get_tensor(name) for name in f.keys()}
     missing, extra = expected.keys() - loaded.keys(), loaded.keys() - expected.keys()
     if missing or extra:
         raise ValueError(f"checkpoint {directory!r} does not match its config: missing "
@@ -68,6 +87,8 @@ def load_model(directory: str, dtype=jnp.float32, **overrides):
         if loaded[name].shape != ref.shape:
             raise ValueError(f"checkpoint {directory!r}: {name} has shape {loaded[name].shape}, "
                              f"config expects {ref.shape}")
+        if check_finite:
+            files.check_finite(weights, name, loaded[name])
     treedef = jax.tree_util.tree_structure(params.to_pure_dict())
     new = jax.tree_util.tree_unflatten(
         treedef, [jnp.asarray(loaded[n], dtype=dtype) for n in expected])
@@ -76,4 +97,4 @@ def load_model(directory: str, dtype=jnp.float32, **overrides):
     tokenizer = None
     if os.path.isfile(os.path.join(directory, "tokenizer_meta.json")):
         tokenizer = load_tokenizer(directory)
-    return model, tokenizer, raw.get("meta", {})
+    return model, tokenizer, meta

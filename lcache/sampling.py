@@ -7,11 +7,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` disable those filters.
-    ``eos_id`` (or None) stops a row; ``max_new_tokens`` bounds every row."""
+    ``eos_id`` (or None) stops a row; ``max_new_tokens`` bounds every row. Every field is checked
+    here (types, ranges, finite numbers); ``generate`` checks ``top_k`` and ``eos_id`` against
+    the model's vocabulary."""
 
     max_new_tokens: int = 32
     temperature: float = 0.0
@@ -20,18 +24,23 @@ class Sampling:
     eos_id: int | None = None
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        v.check_fields(self, max_new_tokens=v.integer(1), temperature=v.real(0),
+                       top_k=v.integer(0), top_p=v.real(0, 1, lo_open=True),
+                       eos_id=v.optional(v.integer(0)))
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise if ``top_k`` or ``eos_id`` do not fit a vocabulary of ``vocab_size``."""
+        if self.top_k > vocab_size:
+            raise ValueError(f"Sampling.top_k={self.top_k} exceeds the vocabulary of "
+                             f"{vocab_size} tokens")
+        if self.eos_id is not None and self.eos_id >= vocab_size:
+            raise ValueError(f"Sampling.eos_id={self.eos_id} is outside the vocabulary "
+                             f"[0, {vocab_size}): no row would ever stop on it")
 
 
 def sample_logits(logits_BV, rng, s: Sampling):
     """Draw one token per row from ``logits [B, V]`` (float32) -> ``[B]`` int32."""
+    s.check_vocab(logits_BV.shape[-1])  # static: checked while tracing
     if s.temperature == 0:
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     logits = logits_BV.astype(jnp.float32) / s.temperature

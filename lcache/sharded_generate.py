@@ -169,7 +169,7 @@ class Generator:
         if tokens.min() < 0 or tokens.max() >= vocab:
             raise ValueError(f"token ids must be in [0, {vocab})")
         n = self.sampling.max_new_tokens
-        check_fits(self.model.cfg, self.policy, tokens.shape[1], n)
+        check_fits(self.model.cfg, self.policy, int(lengths.max()), n)
         lengths, rows, seed_ = self._batch(lengths, seed)
         toks, logits = self._compiled(_generate, _BATCH_IN, steps=n - 1,
                                       keep_logits=return_logits)(

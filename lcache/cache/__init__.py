@@ -2,7 +2,16 @@
 
 from lcache.cache import registry
 from lcache.cache.base import Dense, Policy, PrefillMass, advance_seen, write_slots
-from lcache.cache.budgets import Budget, cache_bytes, dynamic, per_layer, pyramid, uniform
+from lcache.cache.budgets import (
+    Budget,
+    cache_bytes,
+    dynamic,
+    layer_policies,
+    per_layer,
+    pyramid,
+    uniform,
+)
+from lcache.cache.decode_room import reserve_decode_room
 from lcache.cache.h2o import H2O, ValueAware
 from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
 from lcache.cache.recompress import Recompress
@@ -19,5 +28,6 @@ __all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "KVState", "K
            "LayerPolicies", "Policy", "PrefillMass", "Quantized", "QuantizedKVState", "Random",
            "Recompress", "ScoredPolicy", "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware",
            "advance_seen", "cache_bytes", "dynamic", "empty_state", "evict", "keep_top",
+           "layer_policies", "reserve_decode_room",
            "observer_probs", "observers", "per_layer", "pool_by_position", "priority", "pyramid",
            "quantized", "registry", "select", "uniform", "write_slots"]

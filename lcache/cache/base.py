@@ -17,11 +17,13 @@ token (``PrefillMass``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
 from lcache.cache.registry import register
 from lcache.cache.state import EMPTY, CacheView, KVState, empty_state
 
@@ -39,13 +41,61 @@ class PrefillMass:
     chunk: jax.Array
 
 
+def _checked_prefill(fn):
+    @functools.wraps(fn)
+    def prefill(self, state, keys, values, pos, **kw):
+        where = f"{type(self).__name__}.prefill"
+        v.check_state(where, state, self.state_type)
+        v.check_chunk(where, state, keys, values, pos, kw.get("queries"), kw.get("mass"))
+        self.check_stream(where, state, pos)
+        return fn(self, state, keys, values, pos, **kw)
+    return prefill
+
+
+def _checked_append(fn):
+    @functools.wraps(fn)
+    def append(self, state, key, value, pos):
+        where = f"{type(self).__name__}.append"
+        v.check_state(where, state, self.state_type)
+        v.check_token(where, state, key, value, pos)
+        self.check_stream(where, state, pos[:, None])
+        return fn(self, state, key, value, pos)
+    return append
+
+
+def _checked_observe(fn):
+    @functools.wraps(fn)
+    def observe(self, state, slot_probs):
+        where = f"{type(self).__name__}.observe"
+        v.check_state(where, state, self.state_type)
+        v.check_slot_probs(where, state, slot_probs)
+        return fn(self, state, slot_probs)
+    return observe
+
+
+_CHECKED = dict(prefill=_checked_prefill, append=_checked_append, observe=_checked_observe)
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """Base class. Subclasses are frozen dataclasses of hyper-parameters."""
+    """Base class. Subclasses are frozen dataclasses of hyper-parameters.
+
+    Every ``prefill`` / ``append`` / ``observe`` a subclass defines validates its arguments
+    first: shapes and dtypes against the state (``validate.check_chunk`` and co., Python checks
+    at trace time) and, where the positions are concrete (an eager call), ``check_stream``.
+    """
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        for name, wrap in _CHECKED.items():
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
 
     # 'original': keys are stored rotated with their original positions.
     # 'cache': keys are stored before RoPE and rotated at attention time with in-cache positions.
     rope_mode: ClassVar[str] = "original"
+    # the type ``init`` returns, checked by every method
+    state_type: ClassVar[type] = KVState
 
     @property
     def capacity(self) -> int:
@@ -64,14 +114,23 @@ class Policy:
                 mass: PrefillMass | None = None) -> KVState:
         raise NotImplementedError
 
+    @_checked_append
     def append(self, state: KVState, key, value, pos) -> KVState:
         """Insert one token per row: ``key [B, H, Dk]``, ``value [B, H, Dv]``, ``pos [B]``."""
         return self.prefill(state, key[:, :, None], value[:, :, None], pos[:, None])
 
+    @_checked_observe
     def observe(self, state: KVState, slot_probs) -> KVState:
         """Attention feedback of the current decode query: ``slot_probs [B, H, C]``."""
         del slot_probs
         return state
+
+    def check_stream(self, where: str, state, pos_BT) -> None:
+        """Checks of concrete positions ``pos [B, T]`` (skipped under ``jit``, where nothing can
+        raise): every policy bounds them (``validate.MAX_POSITION``); subclasses add what their
+        slot layout assumes."""
+        del state
+        v.check_positions(where, pos_BT)
 
     def view(self, state: KVState) -> CacheView:
         return CacheView(
@@ -124,23 +183,36 @@ def write_slots(state: KVState, slot, keys, values, pos, score=None) -> KVState:
     )
 
 
+OVERFLOWS = ("error", "drop")
+
+
 @dataclasses.dataclass(frozen=True)
 class Dense(Policy):
     """The full cache: token at position ``p`` lives in slot ``p``; nothing is evicted.
 
-    ``max_len`` is the capacity; callers (``generate``) check that prompts plus new tokens fit
-    before any work, since inside ``jit`` a token past the capacity cannot raise.
+    ``max_len`` is the capacity. A position ``p >= max_len`` has no slot: with
+    ``overflow='error'`` (default) an eager call raises, and ``generate`` checks that prompts plus
+    new tokens fit before any work; inside ``jit`` a value cannot raise, so such a token is not
+    stored (the caller checks the lengths on the host). ``overflow='drop'`` asks for the drop.
     """
 
     max_len: int
+    overflow: str = "error"
 
     def __post_init__(self):
-        if self.max_len < 1:
-            raise ValueError(f"Dense.max_len must be >= 1, got {self.max_len}")
+        v.check_fields(self, max_len=v.integer(1), overflow=v.one_of(OVERFLOWS))
 
     @property
     def capacity(self) -> int:
         return self.max_len
+
+    def check_stream(self, where, state, pos_BT):
+        super().check_stream(where, state, pos_BT)
+        p = v.concrete(pos_BT)
+        if self.overflow == "error" and p is not None and p.size and p.max() >= self.max_len:
+            raise ValueError(f"{where}: position {int(p.max())} is past Dense(max_len="
+                             f"{self.max_len}) (position p lives in slot p); use a larger "
+                             "max_len, or Dense(..., overflow='drop') to drop such tokens")
 
     def prefill(self, state, keys, values, pos, *, queries=None, mass=None):
         del queries, mass

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from lcache.cache import validate as v
 from lcache.cache.base import Policy
 
 ROUNDINGS = ("factory", "kvpress")
@@ -31,10 +32,8 @@ class Budget:
         if (self.tokens is None) == (self.fraction is None):
             raise ValueError(f"Budget needs exactly one of tokens / fraction, got "
                              f"tokens={self.tokens}, fraction={self.fraction}")
-        if self.tokens is not None and self.tokens < 1:
-            raise ValueError(f"Budget.tokens must be >= 1, got {self.tokens}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"Budget.fraction must be in (0, 1], got {self.fraction}")
+        v.check_fields(self, tokens=v.optional(v.integer(1)),
+                       fraction=v.optional(v.real(0, 1, lo_open=True)))
 
     @classmethod
     def from_compression_ratio(cls, ratio: float) -> Budget:
@@ -80,8 +79,7 @@ def pyramid(budget: int | Budget, num_layers: int, prompt_len: int, window: int 
     0.5.5 ``PyramidKVPress.get_layer_budget``: float arithmetic on ``k = T * (1 - ratio)``, Python
     ``round``, a uniform ``max(1, round(k))`` when the schedule is infeasible.
     """
-    if beta <= 0:
-        raise ValueError(f"pyramid beta must be > 0, got {beta}")
+    v.check_args("pyramid", beta=(beta, v.real(0, lo_open=True)))
     if num_layers < 1 or prompt_len < 1 or window < 0:
         raise ValueError(f"pyramid needs num_layers >= 1, prompt_len >= 1, window >= 0; got "
                          f"{num_layers}, {prompt_len}, {window}")
@@ -163,6 +161,18 @@ def per_layer(policy_factory: Callable[[int], Policy], budgets: Sequence[int]
               ) -> tuple[Policy, ...]:
     """One policy per layer: ``per_layer(lambda b: SnapKV(budget=b), pyramid(...))``."""
     return tuple(policy_factory(int(b)) for b in budgets)
+
+
+def layer_policies(policy: Policy | Sequence[Policy], num_layers: int) -> tuple[Policy, ...]:
+    """One policy per layer from a policy (shared by every layer) or ``num_layers`` policies."""
+    if isinstance(policy, Policy):
+        return (policy,) * num_layers
+    if not isinstance(policy, Sequence) or not all(isinstance(p, Policy) for p in policy):
+        raise TypeError(f"policy must be a cache Policy or a sequence of one Policy per layer, "
+                        f"got {type(policy).__name__} {policy!r:.200}")
+    if len(policy) != num_layers:
+        raise ValueError(f"got {len(policy)} per-layer policies for {num_layers} layers")
+    return tuple(policy)
 
 
 def cache_bytes(policies: Policy | Sequence[Policy], batch: int, heads: int, head_dim: int,

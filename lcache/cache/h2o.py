@@ -24,6 +24,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
 from lcache.cache.registry import Arg, default_of, register, round_half_up
 from lcache.cache.scored import ScoredPolicy, accumulate
 
@@ -37,6 +38,7 @@ class H2O(ScoredPolicy):
     normalize: bool = False
 
     def __post_init__(self):
+        v.check_fields(self, heavy=v.integer(), recent=v.integer(), normalize=v.boolean())
         name = type(self).__name__
         if self.heavy < 0 or self.recent < 0:
             raise ValueError(f"{name} needs heavy >= 0 and recent >= 0, got heavy={self.heavy}, "

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from lcache.cache import quant_ops as qo
 from lcache.cache import sinks as sk
+from lcache.cache import validate as v
 from lcache.cache.base import Policy, PrefillMass
 from lcache.cache.state import KVState
 
@@ -75,6 +76,14 @@ class QuantizedKVState:
     def valid(self) -> jax.Array:
         return self.pos >= 0
 
+    @property
+    def key_dim(self) -> int:
+        return self.ring_keys.shape[-1]
+
+    @property
+    def value_dim(self) -> int:
+        return self.ring_values.shape[-1]
+
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _inner_metadata(inner, batch, num_heads, key_dim, dtype, value_dim):
@@ -96,25 +105,18 @@ class Quantized(Policy):
     sink_detect: str | None = None
     scale_dtype: str = "bfloat16"
 
+    state_type = QuantizedKVState
+
     def __post_init__(self):
         if not isinstance(self.inner, Policy) or isinstance(self.inner, Quantized):
             raise ValueError(f"quantized() wraps a selection policy, got {self.inner!r}")
+        v.check_fields(self, bits=v.integer(), group=v.integer(1), residual=v.integer(0),
+                       keep_sinks=v.integer(0), sink_detect=v.one_of(SINK_DETECT),
+                       scale_dtype=v.one_of(SCALE_DTYPES))
         qo.levels(self.bits)
-        if self.group < 1:
-            raise ValueError(f"group must be >= 1, got {self.group}")
-        if self.residual < 0:
-            raise ValueError(f"residual must be >= 0, got {self.residual}")
         if self.residual % self.group:
             raise ValueError(f"residual={self.residual} must be a multiple of "
                              f"group={self.group} (the ring flushes whole groups)")
-        if self.keep_sinks < 0:
-            raise ValueError(f"keep_sinks must be >= 0, got {self.keep_sinks}")
-        if self.sink_detect not in SINK_DETECT:
-            raise ValueError(f"sink_detect must be one of {SINK_DETECT}, got "
-                             f"{self.sink_detect!r}")
-        if self.scale_dtype not in SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got "
-                             f"{self.scale_dtype!r}")
 
     # -- the wrapped policy's interface ----------------------------------------------------------
     @property

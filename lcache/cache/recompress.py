@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
 from lcache.cache.base import Policy
 from lcache.cache.registry import Arg, register
 from lcache.cache.scored import ScoredPolicy
@@ -33,8 +34,7 @@ class Recompress(Policy):
         if not isinstance(self.base, ScoredPolicy):
             raise ValueError(f"Recompress.base must be a score-based policy, got "
                              f"{type(self.base).__name__}")
-        if self.interval < 1:
-            raise ValueError(f"Recompress.interval must be >= 1, got {self.interval}")
+        v.check_fields(self, interval=v.integer(1), target=v.integer())
         if self.target < max(1, self.base.recent_protected()):
             raise ValueError(f"Recompress.target={self.target} must be >= 1 and hold the "
                              f"base's {self.base.recent_protected()} protected tokens")

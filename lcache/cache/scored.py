@@ -71,7 +71,7 @@ class ScoredPolicy(Policy):
                             state.pos > newest - window)
         new_pri = priority(self.rank(chunk_score, pos_bht, values, seen), pos_bht >= 0,
                            force_new | (pos_bht > newest - window))
-        dest, kept = select(slot_pri, new_pri, keep)
+        dest, kept = select(slot_pri, new_pri, keep, state.pos, pos_bht)
         state = evict(dataclasses.replace(state, score=slot_score.astype(jnp.float32)), kept)
         return write_slots(state, dest, keys, values, pos, chunk_score.astype(jnp.float32))
 
@@ -85,7 +85,7 @@ class ScoredPolicy(Policy):
         newest = (state.seen - 1)[:, None, None]
         pri = priority(self.rank(state.score, state.pos, state.values, state.seen), state.valid,
                        state.pos > newest - self.recent_protected())
-        return evict(state, keep_top(pri, keep) | ~rows_B[:, None, None])
+        return evict(state, keep_top(pri, keep, state.pos) | ~rows_B[:, None, None])
 
 
 def accumulate(state: KVState, slot_probs_BHC) -> KVState:

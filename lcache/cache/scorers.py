@@ -11,6 +11,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
 from lcache.cache.registry import Arg, default_of, register
 from lcache.cache.scored import ScoredPolicy
 from lcache.cache.voting import candidates, observer_probs, observers
@@ -21,9 +22,8 @@ class _Budgeted(ScoredPolicy):
     """``budget`` tokens per head with the ``window`` newest protected."""
 
     def __post_init__(self):
+        v.check_fields(self, budget=v.integer(1), window=v.integer())
         name = type(self).__name__
-        if self.budget < 1:
-            raise ValueError(f"{name}.budget must be >= 1, got {self.budget}")
         if not 0 <= self.window <= self.budget:
             raise ValueError(f"{name}.window must be in [0, budget={self.budget}], "
                              f"got {self.window}")
@@ -124,6 +124,10 @@ class Random(_Budgeted):
     budget: int
     window: int = 0
     seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        v.check_fields(self, seed=v.integer())
 
     def _score(self, pos_BHN):
         head = jnp.arange(pos_BHN.shape[1])[None, :, None]

@@ -7,7 +7,10 @@ over a slot that does not (an empty one first), so a decode step costs one ``arg
 
 Priorities are float32: ``+inf`` for protected candidates (sinks, recent windows), ``-inf`` for
 empty slots and padding, the policy's score otherwise. A tie between a cached slot and a new
-token keeps the cached one; among equal new tokens the lower index wins (``lax.top_k`` order).
+token keeps the cached one. Other exact ties: given the candidates' positions, the older token
+(smaller position) is kept, as a top-k over a cache in position order that prefers lower
+indices (kvpress, the H2O reference; both leave ties to ``torch.topk``, and the kvpress parity
+fixtures are tie-free); without positions, the lower index is kept (``lax.top_k`` order).
 """
 
 from __future__ import annotations
@@ -24,16 +27,39 @@ def priority(score, valid, protected):
     return jnp.where(valid, jnp.where(protected, jnp.inf, score), -jnp.inf)
 
 
-def keep_top(priority_BHN, keep):
+def _best_first(priority_BHN, pos_BHN, k: int):
+    """``[B, H, k]`` indices of the ``k`` highest entries, highest first; ties: smaller
+    position first (``pos`` given), then lower index."""
+    if pos_BHN is None:
+        return jax.lax.top_k(priority_BHN, k)[1]
+    return jnp.lexsort((pos_BHN, -priority_BHN), axis=-1)[..., :k]
+
+
+def _worst_first(priority_BHN, pos_BHN, k: int):
+    """``[B, H, k]`` indices of the ``k`` lowest entries, lowest first; ties: larger position
+    first (``pos`` given; the older token stays), then lower index."""
+    if pos_BHN is None:
+        return jax.lax.top_k(-priority_BHN, k)[1]
+    if k == 1:  # a decode step: one pass over the slots, no sort
+        low = jnp.min(priority_BHN, axis=-1, keepdims=True)
+        tied = jnp.where(priority_BHN == low, pos_BHN, jnp.iinfo(jnp.int32).min)
+        return jnp.argmax(tied, axis=-1)[..., None]
+    return jnp.lexsort((-pos_BHN, priority_BHN), axis=-1)[..., :k]
+
+
+def keep_top(priority_BHN, keep, pos_BHN=None):
     """``[B, H, N]`` bool: the ``keep`` (an int or ``[B]``) highest entries of each row that are
-    not ``-inf`` (ties: lower index first)."""
-    rank = jnp.argsort(jnp.argsort(-priority_BHN, axis=-1, stable=True), axis=-1)
+    not ``-inf`` (ties: smaller ``pos [B, H, N]`` first when given, then lower index)."""
+    order = (jnp.argsort(-priority_BHN, axis=-1, stable=True) if pos_BHN is None
+             else _best_first(priority_BHN, pos_BHN, priority_BHN.shape[-1]))
+    rank = jnp.argsort(order, axis=-1)
     return (rank < jnp.reshape(jnp.asarray(keep), (-1, 1, 1))) & (priority_BHN > -jnp.inf)
 
 
-def select(slot_priority_BHC, new_priority_BHT, keep=None):
+def select(slot_priority_BHC, new_priority_BHT, keep=None, slot_pos_BHC=None, new_pos_BHT=None):
     """Keep the top ``min(C, keep)`` of ``C`` cached slots and ``T`` new tokens (``keep``: an int
-    or ``[B]`` per row).
+    or ``[B]`` per row). Exact ties go to the older token when the positions
+    (``slot_pos [B, H, C]``, ``new_pos [B, H, T]``) are given.
 
     Returns ``dest [B, H, T]`` int32, the slot each new token is written to (``C`` = dropped),
     and ``kept [B, H, C]`` bool, the cached slots that survive (before new tokens overwrite
@@ -46,13 +72,17 @@ def select(slot_priority_BHC, new_priority_BHT, keep=None):
     c, t = slot_priority_BHC.shape[-1], new_priority_BHT.shape[-1]
     if keep is not None and not (isinstance(keep, int) and keep >= c):
         # A budget below the capacity: decide the survivors over the union first, then place.
-        kept_all = keep_top(jnp.concatenate([slot_priority_BHC, new_priority_BHT], -1), keep)
+        pos = None if slot_pos_BHC is None else jnp.concatenate([slot_pos_BHC, new_pos_BHT], -1)
+        kept_all = keep_top(jnp.concatenate([slot_priority_BHC, new_priority_BHT], -1), keep,
+                            pos)
         slot_priority_BHC = jnp.where(kept_all[..., :c], slot_priority_BHC, -jnp.inf)
         new_priority_BHT = jnp.where(kept_all[..., c:], new_priority_BHT, -jnp.inf)
     k = min(c, t)
-    low_neg, victim = jax.lax.top_k(-slot_priority_BHC, k)  # lowest slots, ascending
-    high, order = jax.lax.top_k(new_priority_BHT, k)  # best new tokens, descending
-    dest_sorted = jnp.where(high > -low_neg, victim, c).astype(jnp.int32)
+    victim = _worst_first(slot_priority_BHC, slot_pos_BHC, k)  # lowest slots, ascending
+    order = _best_first(new_priority_BHT, new_pos_BHT, k)  # best new tokens, descending
+    low = jnp.take_along_axis(slot_priority_BHC, victim, axis=-1)
+    high = jnp.take_along_axis(new_priority_BHT, order, axis=-1)
+    dest_sorted = jnp.where(high > low, victim, c).astype(jnp.int32)
     dest = jnp.full(new_priority_BHT.shape, c, jnp.int32)
     dest = jnp.put_along_axis(dest, order, dest_sorted, axis=-1, inplace=False)
     return dest, slot_priority_BHC > -jnp.inf

@@ -87,6 +87,10 @@ class WithSinkScore(Policy):
         return self.policy.rope_mode
 
     @property
+    def state_type(self) -> type:
+        return self.policy.state_type
+
+    @property
     def capacity(self) -> int:
         return self.policy.capacity
 

@@ -6,9 +6,21 @@ chunk; their mean attention on each older token is pooled along positions (``ker
 ``pooling``) and the top ``budget - window`` join the ``window`` newest tokens (the budget
 includes the window). A prompt no longer than ``budget`` keeps everything. A prompt given in one
 chunk is compressed once, exactly as the reference; a later chunk re-selects over what is cached
-plus itself. Decode appends without eviction into ``decode_capacity`` spare slots (capacity
-``budget + decode_capacity``); past that, the lowest decode vote (attention received since
-prefill) outside the window makes room (see ``Recompress`` for SnapKV-D style re-selection).
+plus itself.
+
+Decode room (``decode_capacity``): the reference selects once, on the prompt, and keeps every
+decode token. Here capacity is static (``budget + decode_capacity``): decode appends without
+eviction into ``decode_capacity`` spare slots, so the prompt's selection survives that many
+decode steps; past that, the lowest decode vote (attention received since prefill) outside the
+window makes room (see ``Recompress`` for SnapKV-D style re-selection).
+
+* ``decode_capacity=None`` (default): reserve room for the whole generation. ``generate`` sizes
+  it to ``max_new_tokens`` (``reserve_decode_room``); anywhere else ``capacity`` / ``init`` ask
+  for a number rather than guess one.
+* ``decode_capacity=n``: ``n`` spare slots.
+* ``decode_capacity=0``: no room, evict at every decode step (the default before 2026-12: the
+  observation window is gone after ``window`` steps and the cache becomes the voted prefix plus
+  a sliding window of decode tokens).
 
 GQA (``gqa``): 'mean' / 'max' reduce the query group's pooled scores per KV head (kvpress style,
 GQA memory savings kept); 'per_query_head' selects per query head as the reference code does
@@ -26,6 +38,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
 from lcache.cache.budgets import dynamic, pyramid
 from lcache.cache.registry import Arg, default_of, register
 from lcache.cache.scored import ScoredPolicy, accumulate, newest_pos
@@ -41,15 +54,6 @@ from lcache.cache.voting import (
 GQA_MODES = ("mean", "max", "per_query_head")
 
 
-def validate_window_pooling(name: str, window: int, kernel: int, pooling: str):
-    if window < 1:
-        raise ValueError(f"{name}.window must be >= 1, got {window}")
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"{name}.kernel must be a positive odd number, got {kernel}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"{name}.pooling must be one of {POOLINGS}, got {pooling!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class SnapKV(ScoredPolicy):
     """Keep ``budget`` prompt tokens per head (window included) chosen by the window's vote."""
@@ -59,19 +63,19 @@ class SnapKV(ScoredPolicy):
     kernel: int = 5
     pooling: str = "avg"
     gqa: str = "mean"
-    decode_capacity: int = 0
+    decode_capacity: int | None = None
 
     decode_votes = True
 
     def __post_init__(self):
-        validate_window_pooling("SnapKV", self.window, self.kernel, self.pooling)
+        v.check_fields(self, budget=v.integer(1), window=v.integer(1), kernel=v.integer(),
+                       pooling=v.one_of(POOLINGS), gqa=v.one_of(GQA_MODES),
+                       decode_capacity=v.optional(v.integer(0)))
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"SnapKV.kernel must be a positive odd number, got {self.kernel}")
         if self.budget < self.window:
             raise ValueError(f"SnapKV.budget={self.budget} must be >= window={self.window} "
                              "(the budget includes the observation window)")
-        if self.gqa not in GQA_MODES:
-            raise ValueError(f"SnapKV.gqa must be one of {GQA_MODES}, got {self.gqa!r}")
-        if self.decode_capacity < 0:
-            raise ValueError(f"SnapKV.decode_capacity must be >= 0, got {self.decode_capacity}")
 
     @classmethod
     def for_prompt(cls, prompt_len: int, budget, **kw):
@@ -85,6 +89,12 @@ class SnapKV(ScoredPolicy):
 
     @property
     def capacity(self) -> int:
+        if self.decode_capacity is None:
+            raise ValueError(
+                f"{self!r} has no size for its decode room: decode_capacity=None reserves room "
+                "for every generated token and generate() sizes it to max_new_tokens; here say "
+                "how many: decode_capacity=n keeps the prompt's selection for n decode steps, "
+                "decode_capacity=0 evicts at every decode step (the former default)")
         return self.budget + self.decode_capacity
 
     def cache_heads(self, num_kv_heads, num_q_heads):
@@ -108,6 +118,12 @@ class SnapKV(ScoredPolicy):
         del mass
         if queries is None:
             raise ValueError("SnapKV.prefill needs the chunk's rotated `queries`")
+        if self.gqa == "per_query_head" and queries.shape[1] != keys.shape[1]:
+            raise ValueError(
+                f"SnapKV(gqa='per_query_head') selects per query head, so its cache needs one "
+                f"head per query head: got {queries.shape[1]} query heads and a cache of "
+                f"{keys.shape[1]} heads (init with num_heads=policy.cache_heads(kv_heads, "
+                "q_heads) and repeat keys/values per query head, as the model does)")
         score = self.scores(state, keys, pos, queries)
         c = state.capacity
         return self.insert(state, keys, values, pos, score[..., :c], score[..., c:],

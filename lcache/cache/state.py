@@ -19,6 +19,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
+
 EMPTY = -1  # ``pos`` of a slot that holds no token
 
 
@@ -42,6 +44,14 @@ class KVState:
         """``[B, H, C]`` bool: slot holds a token."""
         return self.pos >= 0
 
+    @property
+    def key_dim(self) -> int:
+        return self.keys.shape[-1]
+
+    @property
+    def value_dim(self) -> int:
+        return self.values.shape[-1]
+
     def nbytes(self) -> int:
         """Bytes held by the arrays of this state (keys, values, positions, scores)."""
         return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(self))
@@ -50,10 +60,9 @@ class KVState:
 def empty_state(batch: int, heads: int, capacity: int, key_dim: int, value_dim: int,
                 dtype) -> KVState:
     """An all-empty ``KVState`` of fixed capacity."""
-    for name, val in dict(batch=batch, heads=heads, capacity=capacity, key_dim=key_dim,
-                          value_dim=value_dim).items():
-        if int(val) < 1:
-            raise ValueError(f"{name} must be >= 1, got {val}")
+    size = v.integer(1)
+    v.check_args("init", batch=(batch, size), heads=(heads, size), capacity=(capacity, size),
+                 key_dim=(key_dim, size), value_dim=(value_dim, size))
     return KVState(
         keys=jnp.zeros((batch, heads, capacity, key_dim), dtype),
         values=jnp.zeros((batch, heads, capacity, value_dim), dtype),

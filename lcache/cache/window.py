@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
+from lcache.cache import validate as v
 from lcache.cache.base import Policy, write_slots
 from lcache.cache.registry import Arg, default_of, register
 from lcache.cache.state import EMPTY, CacheView
@@ -38,14 +40,22 @@ class _SinkRing(Policy):
     """Shared ring logic; subclasses provide ``num_sinks``, ``window`` and ``positions``."""
 
     def _check(self):
-        name = type(self).__name__
-        if self.window < 1:
-            raise ValueError(f"{name}.window must be >= 1, got {self.window}")
-        if self.num_sinks < 0:
-            raise ValueError(f"{name}.num_sinks must be >= 0, got {self.num_sinks}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"{name}.positions must be one of {POSITIONS}, "
-                             f"got {self.positions!r}")
+        v.check_fields(self, window=v.integer(1), num_sinks=v.integer(0),
+                       positions=v.one_of(POSITIONS))
+
+    def check_stream(self, where, state, pos_BT):
+        """A row's stream must start at position 0, or its sinks ``[0, S)`` never fill."""
+        super().check_stream(where, state, pos_BT)
+        p, seen = v.concrete(pos_BT), v.concrete(state.seen)
+        if not self.num_sinks or p is None or seen is None:
+            return
+        for row in np.flatnonzero((seen == 0) & (p >= 0).any(axis=-1)):
+            first = int(p[row][p[row] >= 0].min())
+            if first:
+                raise ValueError(f"{where}: row {row} starts its stream at position {first}; "
+                                 f"the {self.num_sinks} sinks are positions 0..{self.num_sinks - 1}"
+                                 ", so they would never fill. Positions count from the stream's "
+                                 "first token (or use num_sinks=0)")
 
     @property
     def capacity(self) -> int:
@@ -131,9 +141,16 @@ class StreamingLLM(_SinkRing):
     @classmethod
     def from_budget(cls, budget: int, num_sinks: int = 4, positions: str = "cache"):
         """``budget`` cached tokens in all (kvpress/KVCache-Factory convention): the window gets
-        ``budget - num_sinks``."""
+        ``budget - num_sinks``.
+
+        ``budget == num_sinks`` is refused: kvpress then keeps the sinks only (its decode tokens
+        live outside the budget), but here the token being decoded needs a ring slot (insert,
+        then attend), so the window must hold at least one token.
+        """
         if budget <= num_sinks:
-            raise ValueError(f"StreamingLLM budget={budget} must exceed num_sinks={num_sinks}")
+            raise ValueError(f"StreamingLLM budget={budget} must exceed num_sinks={num_sinks}: "
+                             "the ring needs at least one slot for the token being decoded "
+                             f"(use budget={num_sinks + 1} for the sinks plus that token)")
         return cls(window=budget - num_sinks, num_sinks=num_sinks, positions=positions)
 
 

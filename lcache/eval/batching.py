@@ -12,15 +12,24 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from lcache.cache import Dense, Policy
+from lcache.cache import Dense, Policy, layer_policies, reserve_decode_room
+from lcache.sampling import Sampling
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], multiple: int = 16, pad_id: int = 0,
                 pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad prompts -> ``(tokens [N, T], lengths [N])`` int32, ``T = pad_to`` or the longest
     prompt rounded up to a multiple of ``multiple``."""
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence | np.ndarray):
+        raise TypeError(f"prompts must be a sequence of token-id sequences, got "
+                        f"{type(prompts).__name__}")
     if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    for i, p in enumerate(prompts):
+        ids = np.asarray(p)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"prompt {i} must be a flat sequence of integer token ids, got "
+                            f"{ids.dtype.name} values of shape {ids.shape}")
     if multiple < 1:
         raise ValueError(f"pad multiple must be >= 1, got {multiple}")
     lengths = np.array([len(p) for p in prompts], np.int32)
@@ -45,12 +54,25 @@ def check_tokens(tokens, vocab_size: int) -> None:
         raise ValueError(f"token id {tokens[bad][0]} outside the vocabulary [0, {vocab_size})")
 
 
+def check_generation(cfg, policy, sampling: Sampling, forced: int = 0
+                     ) -> tuple[Policy | tuple[Policy, ...], int]:
+    """Raise unless ``policy`` gives one policy per layer of the model config ``cfg`` and
+    ``sampling`` fits its vocabulary. -> ``(policy, new_tokens)``: the decode steps
+    (``max_new_tokens``, or ``forced`` teacher-forced ones if more) and ``policy`` with its
+    decode room (prefill-only scorers, ``SnapKV(decode_capacity=None)``) sized for them."""
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a Sampling (or None), got {type(sampling).__name__}")
+    layer_policies(policy, cfg.num_layers)
+    sampling.check_vocab(cfg.vocab_size)
+    new_tokens = max(sampling.max_new_tokens, forced)
+    return reserve_decode_room(policy, new_tokens), new_tokens
+
+
 def check_fits(cfg, policy: Policy | Sequence[Policy], prompt_len: int, max_new: int) -> None:
     """Dense caches must hold the prompt, the new tokens and the model config ``cfg``'s sink
     tokens (checked up front: a token past a Dense capacity cannot raise inside ``jit``)."""
-    policies = (policy,) if isinstance(policy, Policy) else tuple(policy)
     need = prompt_len + max_new + cfg.num_sink_tokens
-    for p in policies:
+    for p in layer_policies(policy, cfg.num_layers):
         p = getattr(p, "inner", p)  # storage transforms (quantized) wrap a selection policy
         if isinstance(p, Dense) and p.capacity < need:
             raise ValueError(f"Dense(max_len={p.capacity}) cannot hold {prompt_len} prompt + "

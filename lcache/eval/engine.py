@@ -178,8 +178,7 @@ class Engine:
         forced, longest = scored or (None, 0)
         if forced is not None:
             check_tokens(forced, self.cfg.vocab_size)
-        new_tokens = max(sampling.max_new_tokens, longest)
-        policy = check_generation(self.cfg, policy, sampling, new_tokens)
+        policy, new_tokens = check_generation(self.cfg, policy, sampling, longest)
         check_fits(self.cfg, policy, int(lengths.max()), new_tokens)
         out, nll = [], []
         for i, (start, stop) in enumerate(micro_batches(len(tokens), batch)):

@@ -45,7 +45,7 @@ def _placer(mesh):
 
 
 def load_hf(path: str | os.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-            **overrides):
+            with_tokenizer: bool = True, check_finite: bool = True, **overrides):
     """Load an HF Llama / Qwen2 / Mistral folder -> ``(model, tokenizer, hf_config)``.
 
     ``path`` holds ``config.json``, ``model.safetensors`` (or shards plus
@@ -53,8 +53,10 @@ def load_hf(path: str | os.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh 
     (float32 or bfloat16); ``compute_dtype`` follows it unless given in ``overrides``, which
     replace ``ModelConfig`` fields (e.g. ``attention_impl``). With a ``mesh`` (``data`` x ``model``,
     ``lcache.sharding.make_mesh``) params are split over ``model`` by ``lcache.sharding``'s rules,
-    one tensor at a time. ``hf_config`` is the parsed ``config.json``. Bad input raises
-    ``FileNotFoundError`` / ``ValueError`` naming the file and field or tensor.
+    one tensor at a time. ``hf_config`` is the parsed ``config.json``. ``with_tokenizer=False``
+    loads the model only (``tokenizer`` is None; no ``tokenizer.json`` or BOS/EOS ids needed).
+    ``check_finite`` refuses weights holding NaN or inf. Bad input raises ``FileNotFoundError`` /
+    ``ValueError`` naming the file and field or tensor (corrupt JSON, truncated safetensors too).
     """
     directory = os.fspath(path)
     dtype = jnp.dtype(dtype)
@@ -62,7 +64,7 @@ def load_hf(path: str | os.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh 
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype.name}")
     hf_config = read_config(directory)
     cfg = model_config(hf_config, **{"compute_dtype": dtype.name, **overrides})
-    tokenizer = HFTokenizer.from_dir(directory, hf_config)
+    tokenizer = HFTokenizer.from_dir(directory, hf_config) if with_tokenizer else None
     files = tensor_files(directory)
     graphdef, params, rest = _abstract_params(cfg)
     ours, leaves, treedef = _flat_names(params)
@@ -70,7 +72,7 @@ def load_hf(path: str | os.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh 
     expected = {names[k]: hf_shape(k, leaf.shape) for k, leaf in zip(ours, leaves, strict=True)}
     check_tensors(files, expected, tied=cfg.tie_embeddings)
     put = _placer(mesh)
-    arrays = {k: put(k, arr.astype(dtype)) for k, arr in read_tensors(files, names)}
+    arrays = {k: put(k, arr.astype(dtype)) for k, arr in read_tensors(files, names, check_finite)}
     loaded = jax.tree_util.tree_unflatten(treedef, [arrays[k] for k in ours])
     nnx.replace_by_pure_dict(params, loaded)
     return nnx.merge(graphdef, params, rest), tokenizer, hf_config

@@ -14,16 +14,16 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from lcache.files import read_json
+
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 _SPECIALS = ("bos", "eos", "pad")
 
 
 def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON object in ``path``, ``{}`` if there is no such file."""
+    return read_json(path) if os.path.isfile(path) else {}
 
 
 def _special_id(name: str, hf_tokenizer, meta: dict, config: dict, tok_config: dict):

@@ -8,10 +8,10 @@ Pickle checkpoints (``*.bin``, ``*.pt``, ``*.pth``) are refused, never opened.
 from __future__ import annotations
 
 import glob
-import json
 import os
 
-from safetensors import safe_open
+from lcache.files import check_finite as finite
+from lcache.files import open_safetensors, read_json
 
 INDEX_FILE = "model.safetensors.index.json"
 _PICKLE = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -47,9 +47,8 @@ def tensor_files(directory: str) -> dict[str, str]:
     ``*.safetensors`` file in ``directory``."""
     index = os.path.join(directory, INDEX_FILE)
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not weight_map:
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{INDEX_FILE}: missing field 'weight_map'")
         for shard in sorted(set(weight_map.values())):
             if not os.path.isfile(os.path.join(directory, shard)):
@@ -68,7 +67,7 @@ def tensor_files(directory: str) -> dict[str, str]:
                                 f"{directory!r}")
     names = {}
     for path in files:
-        with safe_open(path, "np") as f:
+        with open_safetensors(path) as f:
             names.update(dict.fromkeys(f.keys(), path))
     return names
 
@@ -87,21 +86,24 @@ def check_tensors(files: dict[str, str], expected: dict[str, tuple[int, ...]],
         raise ValueError(f"{os.path.basename(files[extra[0]])}: tensor {extra[0]!r} (and "
                          f"{len(extra) - 1} more) is not used by config.json's architecture")
     for name, shape in expected.items():
-        with safe_open(files[name], "np") as f:
+        with open_safetensors(files[name]) as f:
             got = tuple(f.get_slice(name).get_shape())
         if got != shape:
             raise ValueError(f"{os.path.basename(files[name])}: {name} has shape {list(got)}, "
                              f"config.json implies {list(shape)}")
 
 
-def read_tensors(files: dict[str, str], names: dict[str, str]):
+def read_tensors(files: dict[str, str], names: dict[str, str], check_finite: bool = True):
     """Yield ``(our name, array)`` for ``names {our name: hf name}``, one file open at a time;
-    kernels come back transposed to ``[in, out]``, in the stored dtype (bf16 via ml_dtypes)."""
+    kernels come back transposed to ``[in, out]``, in the stored dtype (bf16 via ml_dtypes).
+    With ``check_finite`` a tensor holding NaN or inf raises, naming the file and tensor."""
     by_file: dict[str, list[str]] = {}
     for ours, theirs in names.items():
         by_file.setdefault(files[theirs], []).append(ours)
     for path, ours_list in by_file.items():
-        with safe_open(path, "np") as f:
+        with open_safetensors(path) as f:
             for ours in ours_list:
                 arr = f.get_tensor(names[ours])
+                if check_finite:
+                    finite(path, names[ours], arr)
                 yield ours, arr.T if ours.endswith(".kernel") else arr

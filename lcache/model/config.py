@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from lcache.cache import validate as v
 from lcache.model.rope import ROPE_SCALINGS
 
 ATTENTION_VARIANTS = ("softmax", "off_by_one", "sink_logit", "softpick", "sigmoid", "relu")
@@ -59,12 +60,15 @@ class ModelConfig:
     mla_impl: str = "absorb"  # cached attention: 'naive' (up-project K/V) or 'absorb'
 
     def __post_init__(self):
-        positive = dict(vocab_size=self.vocab_size, dim=self.dim, num_layers=self.num_layers,
-                        num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                        ffn_dim=self.ffn_dim, max_seq_len=self.max_seq_len)
-        for name, val in positive.items():
-            if val < 1:
-                raise ValueError(f"{name} must be >= 1, got {val}")
+        size, count, flag, scale = v.integer(1), v.integer(0), v.boolean(), v.real(0, lo_open=True)
+        v.check_fields(
+            self, vocab_size=size, dim=size, num_layers=size, num_heads=size, num_kv_heads=size,
+            head_dim=count, ffn_dim=size, norm_eps=scale, tie_embeddings=flag, qkv_bias=flag,
+            rope_theta=scale, rope_factor=scale, rope_low_freq_factor=scale,
+            rope_high_freq_factor=scale, rope_original_max_pos=size, max_seq_len=size,
+            sigmoid_bias=v.real(), gated_attention=flag, num_sink_tokens=count,
+            sliding_window=count, mla_kv_lora_rank=count, mla_q_lora_rank=count,
+            mla_qk_nope_dim=count, mla_qk_rope_dim=count, mla_v_dim=count)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not divisible by "
                              f"num_kv_heads={self.num_kv_heads}")
@@ -78,15 +82,13 @@ class ModelConfig:
         if self.rope_scaling not in ROPE_SCALINGS:
             raise ValueError(f"unknown rope_scaling {self.rope_scaling!r}; "
                              f"expected one of {ROPE_SCALINGS}")
-        if self.rope_factor <= 0:
-            raise ValueError(f"rope_factor must be > 0, got {self.rope_factor}")
+        if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= \
+                self.rope_low_freq_factor:
+            raise ValueError("llama3 RoPE needs rope_high_freq_factor > rope_low_freq_factor, "
+                             f"got {self.rope_high_freq_factor} <= {self.rope_low_freq_factor}")
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(f"unknown attention variant {self.attention!r}; "
                              f"expected one of {ATTENTION_VARIANTS}")
-        if self.num_sink_tokens < 0:
-            raise ValueError(f"num_sink_tokens must be >= 0, got {self.num_sink_tokens}")
-        if self.sliding_window < 0:
-            raise ValueError(f"sliding_window must be >= 0 (0 = none), got {self.sliding_window}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; "
                              f"expected one of {ATTENTION_IMPLS}")
@@ -96,14 +98,9 @@ class ModelConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError("compute_dtype must be float32 or bfloat16, got "
                              f"{self.compute_dtype!r}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         self._check_mla()
 
     def _check_mla(self):
-        if self.mla_kv_lora_rank < 0 or self.mla_q_lora_rank < 0:
-            raise ValueError("mla_kv_lora_rank and mla_q_lora_rank must be >= 0, got "
-                             f"{self.mla_kv_lora_rank} and {self.mla_q_lora_rank}")
         if not self.use_mla:
             return
         dims = dict(mla_qk_nope_dim=self.mla_qk_nope_dim, mla_qk_rope_dim=self.mla_qk_rope_dim,

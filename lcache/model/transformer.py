@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcache.cache import KVState, Policy
+from lcache.cache import KVState, Policy, layer_policies
+from lcache.cache import validate as v
 from lcache.model.config import ModelConfig
 from lcache.model.layers import INIT_STD, Attention, RMSNorm, SwiGLU
 from lcache.model.mla import MLAttention
@@ -36,11 +37,11 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), state
 
 
-def _per_layer(policy: Policy | Sequence[Policy], num_layers: int) -> tuple[Policy, ...]:
-    policies = (policy,) * num_layers if isinstance(policy, Policy) else tuple(policy)
-    if len(policies) != num_layers:
-        raise ValueError(f"got {len(policies)} per-layer policies for {num_layers} layers")
-    return policies
+def _check_caches(caches, num_layers: int) -> None:
+    if not isinstance(caches, Sequence) or len(caches) != num_layers:
+        raise ValueError(f"caches must be the list of {num_layers} per-layer states from "
+                         f"init_cache, got {type(caches).__name__} of "
+                         f"{len(caches) if isinstance(caches, Sequence) else '?'}")
 
 
 class Transformer(nnx.Module):
@@ -130,7 +131,7 @@ class Transformer(nnx.Module):
         """Empty per-layer caches; with sink tokens, already holding them."""
         cfg = self.cfg
         dtype = dtype or jnp.dtype(cfg.compute_dtype)
-        policies = _per_layer(policy, cfg.num_layers)
+        policies = layer_policies(policy, cfg.num_layers)
         kv_heads, q_heads, key_dim, value_dim = cfg.cache_dims
         caches = [p.init(batch, p.cache_heads(kv_heads, q_heads), key_dim, dtype, value_dim)
                   for p in policies]
@@ -153,7 +154,11 @@ class Transformer(nnx.Module):
 
         Returns ``logits [B, T, V]`` and the updated caches.
         """
-        policies = _per_layer(policy, self.cfg.num_layers)
+        policies = layer_policies(policy, self.cfg.num_layers)
+        _check_caches(caches, self.cfg.num_layers)
+        shape = v.check_array("Transformer.prefill", "tokens", tokens_BT, "B T", (None, None),
+                              "int")
+        v.check_array("Transformer.prefill", "pos", pos_BT, "B T", shape, "int")
         k = self.cfg.num_sink_tokens
         pos = jnp.where(pos_BT >= 0, pos_BT + k, -1)
         x, caches = self._prefill_embedded(self._embed(tokens_BT), pos, caches, policies)
@@ -161,7 +166,10 @@ class Transformer(nnx.Module):
 
     def decode(self, token_B, pos_B, caches, policy):
         """One token per row at text position ``pos [B]`` -> ``logits [B, V]``, caches."""
-        policies = _per_layer(policy, self.cfg.num_layers)
+        policies = layer_policies(policy, self.cfg.num_layers)
+        _check_caches(caches, self.cfg.num_layers)
+        shape = v.check_array("Transformer.decode", "token", token_B, "B", (None,), "int")
+        v.check_array("Transformer.decode", "pos", pos_B, "B", shape, "int")
         x = self._embed(token_B[:, None])
         pos = pos_B + self.cfg.num_sink_tokens
         new = []

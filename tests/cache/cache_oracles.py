@@ -43,7 +43,7 @@ class TopOracle:
         self.seen = max(self.seen, newest + 1)
         protected = sorted(p for p in self.score if p > newest - self.recent)
         others = sorted((p for p in self.score if p <= newest - self.recent),
-                        key=lambda p: -self.rank(p))
+                        key=lambda p: (-self.rank(p), p))  # exact ties: the older stays
         keep = set(protected[-self.capacity:])
         keep |= set(others[:max(self.capacity - len(protected), 0)])
         self.score = {p: s for p, s in self.score.items() if p in keep}
@@ -54,7 +54,7 @@ class TopOracle:
         self.seen = p + 1
         if len(self.score) == self.capacity:
             candidates = [q for q in self.score if q <= p - self.recent]
-            del self.score[min(candidates, key=self.rank)]
+            del self.score[min(candidates, key=lambda q: (self.rank(q), -q))]  # ties: newer goes
         self.score[p] = np.float32(score)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,14 +106,15 @@ def test_dynamic_moves_budget_to_layers_with_strong_votes():
 
 def test_per_layer_and_real_bytes():
     budgets = pyramid(Budget.from_compression_ratio(0.5), 4, 96, window=8, rounding="kvpress")
-    policies = per_layer(lambda c: SnapKV(budget=c, window=8), budgets)
+    policies = per_layer(lambda c: SnapKV(budget=c, window=8, decode_capacity=0), budgets)
     assert [p.capacity for p in policies] == [88, 61, 35, 8]
     per_slot = 2 * 16 * 2 + 4 + 4  # keys + values (bf16) + pos + score, per head
     assert cache_bytes(policies, 1, 2, 16) == sum(budgets) * 2 * per_slot + 4 * 4  # + seen
     dense = cache_bytes(Dense(96), 1, 2, 16)
     half = per_layer(lambda c: H2O(heavy=c - 8, recent=8), uniform(48, 4))
     assert cache_bytes(half, 1, 2, 16) < 4 * dense / 1.9  # half the slots, half the bytes
-    assert cache_bytes(SnapKV(40, gqa="per_query_head"), 1, 2, 16, q_heads=8) == \
-        4 * cache_bytes(SnapKV(40), 1, 2, 16) - 3 * 4
+    snap = functools.partial(SnapKV, 40, decode_capacity=0)
+    assert cache_bytes(snap(gqa="per_query_head"), 1, 2, 16, q_heads=8) == \
+        4 * cache_bytes(snap(), 1, 2, 16) - 3 * 4
     assert cache_bytes(StreamingLLM(window=4), 2, 2, 8, dtype=jnp.float32) == \
         2 * 2 * 8 * (2 * 8 * 4 + 8) + 2 * 4

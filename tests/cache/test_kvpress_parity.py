@@ -80,13 +80,14 @@ def policy_for(name, spec, t, layer, num_layers):
     if name.startswith("streamingllm"):
         return StreamingLLM.from_budget(n_kept, num_sinks=params["n_sink"], positions="original")
     if name.startswith("snapkv"):
-        return SnapKV(budget=n_kept, window=params["window_size"], kernel=params["kernel_size"])
+        return SnapKV(budget=n_kept, window=params["window_size"], kernel=params["kernel_size"],
+                      decode_capacity=0)
     if name.startswith("pyramidkv"):
         budgets = pyramid(budget, num_layers, t, window=params["window_size"],
                           beta=params["beta"], rounding="kvpress")
         assert list(budgets) == spec["n_kept"]
         return SnapKV(budget=budgets[layer], window=params["window_size"],
-                      kernel=params["kernel_size"])
+                      kernel=params["kernel_size"], decode_capacity=0)
     if name.startswith("knorm"):
         return KeyNorm(budget=n_kept)
     if name.startswith("tova"):

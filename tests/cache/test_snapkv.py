@@ -42,7 +42,7 @@ def prompt(seed, lengths):
 @given(config=st.sampled_from(CONFIGS), seed=st.integers(0, 2**16),
        short=st.integers(8, T))
 def test_matches_oracle_with_right_padding(config, seed, short):
-    policy = SnapKV(**config)
+    policy = SnapKV(**config, decode_capacity=0)
     q, k, v, pos = prompt(seed, [T, short])
     reps = policy.cache_heads(HKV, HQ) // HKV
     kc, vc = np.repeat(k, reps, 1), np.repeat(v, reps, 1)
@@ -63,7 +63,7 @@ def test_matches_oracle_with_right_padding(config, seed, short):
 
 
 def test_short_prompt_keeps_everything():
-    policy = SnapKV(**CONFIGS[0])  # budget 9
+    policy = SnapKV(**CONFIGS[0], decode_capacity=0)  # budget 9
     q, k, v, pos = prompt(0, [9, 5])
     state = prefill(policy, *map(jnp.asarray, (k, v, pos, q)))
     assert {int(p) for p in np.asarray(state.pos[0, 0]) if p >= 0} == set(range(9))

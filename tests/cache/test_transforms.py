@@ -59,7 +59,7 @@ def test_scan_of_1000_appends_matches_oracle():
 
 def test_vmap_over_independent_caches():
     """SnapKV prefill vmapped over 3 independent caches keeps what the oracle keeps in each."""
-    policy = SnapKV(budget=4, window=2, kernel=3)
+    policy = SnapKV(budget=4, window=2, kernel=3, decode_capacity=0)
     n, t, hq = 3, 9, 4
     rng = np.random.default_rng(0)
     keys = rng.normal(size=(n, B, H, t, D)).astype(np.float32) * 2

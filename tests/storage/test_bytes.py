@@ -21,8 +21,8 @@ def _allocated(cfg, policy) -> list[int]:
 @pytest.mark.parametrize("cfg, policy", [
     (GQA, Dense(64)),
     (GQA, quantized(Dense(64), bits=4, group=8, residual=16, keep_sinks=4)),
-    (GQA, quantized(SnapKV(budget=32, window=8, gqa="per_query_head"), bits=2, group=16,
-                    residual=16)),
+    (GQA, quantized(SnapKV(budget=32, window=8, gqa="per_query_head", decode_capacity=0),
+                    bits=2, group=16, residual=16)),
     (MLA, Dense(64)),
     (MLA, quantized(StreamingLLM(window=60), bits=8, group=8, residual=32, keep_sinks=2)),
 ], ids=["gqa-bf16", "gqa-int4", "gqa-snapkv-int2", "mla-bf16", "mla-int8"])

@@ -18,7 +18,7 @@ POLICIES = {
     "dense": Dense(48),
     "streaming_llm": StreamingLLM(window=6, num_sinks=2),
     "h2o": H2O(heavy=4, recent=4),
-    "snapkv": SnapKV(budget=8, window=4),
+    "snapkv": SnapKV(budget=8, window=4, decode_capacity=0),  # the old default, by name
 }
 LAYOUTS = {"mesh4x2": lambda: MeshLayout(make_mesh(4, 2)), "pmap8": lambda: PmapLayout(8)}
 
