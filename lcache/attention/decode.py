@@ -1,7 +1,9 @@
 """One decode step of attention over a cache view, dispatched to a kernel or to ``jnp``.
 
-``impl``: 'xla' always uses the ``jnp`` path; 'pallas' uses the Pallas decode kernel (softmax
-only; other variants raise); 'auto' uses the kernel on GPU/TPU for softmax and ``jnp`` otherwise.
+``impl`` (``pallas_kernels.dispatch``, the one place the choice is made): 'xla' always uses the
+``jnp`` path; 'pallas' uses the Pallas decode kernel (softmax-like variants only: softmax,
+sink_logit and off_by_one, the last two as a per-head sink logit merged in the kernel; other
+variants raise); 'auto' uses the kernel on GPU/TPU for those variants and ``jnp`` otherwise.
 
 Quantized caches: given the ``Quantized`` policy and its ``QuantizedKVState`` (``state=``,
 ``policy=``), the kernel paths attend the KIVI codes, the full-precision sinks and the residual
@@ -18,15 +20,26 @@ import jax.numpy as jnp
 from lcache.attention.core import grouped_attention
 from lcache.cache import CacheView, Quantized, QuantizedKVState
 from lcache.cache import sinks as sk
+from pallas_kernels import dispatch
+
+KERNEL_VARIANTS = ("softmax", "sink_logit", "off_by_one")
 
 
 def _use_kernel(impl: str, variant: str) -> bool:
-    if impl == "pallas":
-        if variant != "softmax":
-            raise ValueError(f"attention_impl='pallas' supports the softmax variant only, got "
-                             f"{variant!r}; use 'auto' to fall back to XLA for other variants")
-        return True
-    return impl == "auto" and variant == "softmax" and jax.default_backend() in ("gpu", "tpu")
+    """Whether ``impl`` runs ``variant`` through a kernel here (``dispatch.kernel_family``)."""
+    if impl == "pallas" and variant not in KERNEL_VARIANTS:
+        raise ValueError(f"attention_impl='pallas' supports the variants {KERNEL_VARIANTS}, got "
+                         f"{variant!r}; use 'auto' to fall back to XLA for other variants")
+    return dispatch.kernel_family(impl) is not None and variant in KERNEL_VARIANTS
+
+
+def _kernel_sink(variant, sink_logit, num_q_heads):
+    """The per-head sink logit ``[Hq]`` f32 a kernel merges for ``variant`` (None: softmax)."""
+    if variant == "sink_logit":
+        if sink_logit is None:
+            raise ValueError("variant 'sink_logit' requires sink_logit (per-head s_h)")
+        return jnp.asarray(sink_logit, jnp.float32).reshape(num_q_heads)
+    return jnp.zeros((num_q_heads,), jnp.float32) if variant == "off_by_one" else None
 
 
 def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", sink_logit=None,
@@ -42,14 +55,15 @@ def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", si
     h = view.keys.shape[1]
     if _use_kernel(impl, variant):
         kimpl = "auto" if impl == "auto" else "pallas"
+        sink = _kernel_sink(variant, sink_logit, hq)
         if isinstance(policy, Quantized) and view.keys_rotated:
-            return quantized_decode(q_BHqD, view, state, policy, impl=kimpl)
+            return quantized_decode(q_BHqD, view, state, policy, impl=kimpl, sink_logit=sink)
         from pallas_kernels.decode import decode_attention
 
         rope_pos = None if view.keys_rotated else view.rope_pos
         return decode_attention(q_BHqD, view.keys, view.values, view.valid, rope_pos=rope_pos,
                                 inv_freq=None if rope_pos is None else inv_freq,
-                                return_slot_probs=True, impl=kimpl)
+                                sink_logit=sink, return_slot_probs=True, impl=kimpl)
     from lcache.model.rope import apply_rope  # here: lcache.model imports this module
 
     keys = view.keys if view.keys_rotated else apply_rope(view.keys, view.rope_pos, inv_freq)
@@ -111,15 +125,17 @@ def quantized_inputs(view: CacheView, state: QuantizedKVState, policy: Quantized
 
 
 def quantized_decode(q_BHqD, view: CacheView, state: QuantizedKVState, policy: Quantized, *,
-                     impl="pallas"):
+                     impl="pallas", sink_logit=None):
     """``(out [B, Hq, Dv], slot_probs [B, H, C])`` of one decode step over a quantized cache
-    (keys stored rotated), with the codes dequantized inside the kernel."""
+    (keys stored rotated), with the codes dequantized inside the kernel; ``sink_logit [Hq]``
+    as in ``decode_over_view``."""
     from pallas_kernels.quant_decode import quant_decode_attention
 
     if not isinstance(state, QuantizedKVState):
         raise ValueError(f"policy {policy!r} needs its QuantizedKVState, got {type(state)}")
     codes, segments, to_slots = quantized_inputs(view, state, policy)
     out, (code_probs, seg_probs) = quant_decode_attention(q_BHqD, codes, segments,
+                                                          sink_logit=sink_logit,
                                                           return_slot_probs=True, impl=impl)
     return out, to_slots(code_probs, seg_probs)
 

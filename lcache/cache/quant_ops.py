@@ -6,8 +6,12 @@ A group of numbers ``x`` shares ``zero`` (its minimum) and ``scale = (max - min)
 down, ``scale`` up) so the stored grid still covers ``[min, max]``: every ``x`` of the group
 dequantizes within ``scale / 2`` of itself (plus f32 rounding), whatever the 16-bit rounding.
 
-Codes are packed along the last axis, little end first: element ``j`` of a byte occupies bits
-``[j * bits, (j + 1) * bits)``, so 2 codes per byte at 4 bits and 4 codes per byte at 2 bits.
+Codes are packed into ``uint16`` words in bit planes along the last axis: with ``P = 16 / bits``
+codes per word and ``W = D / P`` words per row, word ``j`` holds channel ``j + k * W`` in bits
+``[k * bits, (k + 1) * bits)``, ``k < P``. This is the decode kernels' layout: a shift and a mask
+give plane ``k`` as a contiguous block of channels, so no code is moved between lanes, and no
+operand has 1-byte elements (whose offsets jax's Triton lowering computes in 32 bits up to
+4 GiB; ``pallas_kernels/gpu_common.py``).
 """
 
 from __future__ import annotations
@@ -25,24 +29,26 @@ def levels(bits: int) -> int:
 
 
 def pack(codes, bits: int):
-    """``codes [..., D]`` integers in ``[0, 2**bits)`` -> ``uint8 [..., D * bits // 8]``."""
+    """``codes [..., D]`` integers in ``[0, 2**bits)`` -> ``uint16 [..., D * bits // 16]``
+    (bit planes, see the module docstring)."""
     levels(bits)
-    per_byte = 8 // bits
+    per_word = 16 // bits
     d = codes.shape[-1]
-    if d % per_byte:
-        raise ValueError(f"last axis {d} is not a multiple of {per_byte} ({bits}-bit codes)")
-    grouped = codes.astype(jnp.uint8).reshape(*codes.shape[:-1], d // per_byte, per_byte)
-    shifts = (jnp.arange(per_byte, dtype=jnp.uint8) * bits).astype(jnp.uint8)
-    # The shifted codes occupy disjoint bits, so their sum is their bitwise or.
-    return jnp.sum(grouped << shifts, axis=-1, dtype=jnp.uint8)
+    if d % per_word:
+        raise ValueError(f"last axis {d} is not a multiple of {per_word} ({bits}-bit codes in "
+                         "16-bit words)")
+    planes = codes.astype(jnp.uint16).reshape(*codes.shape[:-1], per_word, d // per_word)
+    shifts = (jnp.arange(per_word, dtype=jnp.uint16) * bits).astype(jnp.uint16)[:, None]
+    # The shifted planes occupy disjoint bits, so their sum is their bitwise or.
+    return jnp.sum(planes << shifts, axis=-2, dtype=jnp.uint16)
 
 
 def unpack(packed, bits: int):
-    """Inverse of :func:`pack`: ``uint8 [..., P]`` -> ``uint8 [..., P * 8 // bits]``."""
-    per_byte = 8 // bits
-    shifts = (jnp.arange(per_byte, dtype=jnp.uint8) * bits).astype(jnp.uint8)
-    codes = (packed[..., None] >> shifts) & jnp.uint8(levels(bits))
-    return codes.reshape(*packed.shape[:-1], packed.shape[-1] * per_byte)
+    """Inverse of :func:`pack`: ``uint16 [..., W]`` -> ``uint8 [..., W * 16 // bits]``."""
+    per_word = 16 // bits
+    shifts = (jnp.arange(per_word, dtype=jnp.uint16) * bits).astype(jnp.uint16)[:, None]
+    codes = (packed[..., None, :] >> shifts) & jnp.uint16(levels(bits))
+    return codes.astype(jnp.uint8).reshape(*packed.shape[:-1], packed.shape[-1] * per_word)
 
 
 def minmax_params(lo, hi, bits: int, dtype):
@@ -75,7 +81,7 @@ def dequantize(codes, scale, zero):
 
 # -- values: per token, groups of G along the head dim --------------------------------------
 def quantize_per_token(x_NTD, bits: int, group: int, dtype):
-    """``x [..., D]`` -> ``(packed [..., D*bits/8], scale [..., D/G], zero [..., D/G])``."""
+    """``x [..., D]`` -> ``(packed [..., D*bits/16], scale [..., D/G], zero [..., D/G])``."""
     g = x_NTD.reshape(*x_NTD.shape[:-1], -1, group).astype(jnp.float32)
     scale, zero = minmax_params(g.min(-1), g.max(-1), bits, dtype)
     codes = quantize(g, scale[..., None], zero[..., None], bits)

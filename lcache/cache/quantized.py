@@ -6,7 +6,8 @@ it would over a plain ``KVState``: each call hands it a full-precision ``KVState
 the codes (the view dequantizes too; a fused kernel can replace both later). Only its metadata
 (``pos``, ``score``, ``seen``) is stored; keys and values are stored as
 
-* **codes** for every slot, packed into ``uint8`` (``bits`` per number): values per token in
+* **codes** for every slot, packed into ``uint16`` words (``bits`` per number, bit planes;
+  ``quant_ops``): values per token in
   groups of ``G`` along the head dim; keys per channel over *blocks of G consecutive slots*
   (KIVI groups keys along tokens; slots are the static-shape stand-in: a policy that fills
   slots in token order, like ``Dense``, gets KIVI's groups exactly);
@@ -50,12 +51,13 @@ SCALE_DTYPES = ("bfloat16", "float16")
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class QuantizedKVState:
-    """One layer's quantized cache. ``NB = ceil(C / G)`` key blocks; ``P = bits / 8`` bytes."""
+    """One layer's quantized cache. ``NB = ceil(C / G)`` key blocks; ``P = bits / 16`` words
+    per number (``quant_ops``: bit planes in uint16 words)."""
 
-    k_codes: jax.Array  # [B, H, C, Dk*P] uint8
+    k_codes: jax.Array  # [B, H, C, Dk*P] uint16
     k_scale: jax.Array  # [B, H, NB, Dk] 16-bit, one grid per channel per block of G slots
     k_zero: jax.Array  # [B, H, NB, Dk]
-    v_codes: jax.Array  # [B, H, C, Dv*P] uint8
+    v_codes: jax.Array  # [B, H, C, Dv*P] uint16
     v_scale: jax.Array  # [B, H, C, Dv/G] 16-bit, one grid per G channels per slot
     v_zero: jax.Array  # [B, H, C, Dv/G]
     ring_keys: jax.Array  # [B, H, R, Dk] full precision, token p at p % R
@@ -139,9 +141,9 @@ class Quantized(Policy):
         if value_dim % self.group:  # values are grouped along their head dim
             raise ValueError(f"group={self.group} must divide value_dim={value_dim}")
         for name, d in dict(key_dim=key_dim, value_dim=value_dim).items():
-            if (d * self.bits) % 8:
-                raise ValueError(f"{name}={d} must be a multiple of {8 // self.bits} "
-                                 f"({self.bits}-bit codes are packed into bytes)")
+            if (d * self.bits) % 16:
+                raise ValueError(f"{name}={d} must be a multiple of {16 // self.bits} "
+                                 f"({self.bits}-bit codes are packed into 16-bit words)")
         args = (self.inner, batch, num_heads, key_dim, jnp.dtype(dtype), value_dim)
         kind = type(jax.eval_shape(lambda: self.inner.init(*args[1:])))
         if kind is not KVState:
@@ -155,9 +157,9 @@ class Quantized(Policy):
             return jnp.zeros((b, h, *shape), dt)
 
         return QuantizedKVState(
-            k_codes=zeros(c, key_dim * self.bits // 8, dt=jnp.uint8),
+            k_codes=zeros(c, key_dim * self.bits // 16, dt=jnp.uint16),
             k_scale=zeros(nb, key_dim), k_zero=zeros(nb, key_dim),
-            v_codes=zeros(c, value_dim * self.bits // 8, dt=jnp.uint8),
+            v_codes=zeros(c, value_dim * self.bits // 16, dt=jnp.uint16),
             v_scale=zeros(c, value_dim // self.group), v_zero=zeros(c, value_dim // self.group),
             ring_keys=zeros(self.residual, key_dim, dt=dtype),
             ring_values=zeros(self.residual, value_dim, dt=dtype),

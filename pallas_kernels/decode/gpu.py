@@ -24,105 +24,34 @@ Design:
     merge turns them into ``sum_g exp(s - lse_g)``. K is read once; the cost is an extra write
     of ``4*Gp`` bytes/slot (64 B at Gp=16, i.e. +12.5% over the 512 B/slot of K+V at D=128
     bf16) and an XLA pass reading ``4*G`` bytes/slot.
+  * a per-head sink logit (gpt-oss) joins the merge as one more softmax term with no value.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltr
 
+from pallas_kernels import gpu_common as gc
+from pallas_kernels import splits as sp
 from pallas_kernels.decode.reference import check_inputs, default_scale, slot_probs_from_scores
 
-# The Triton backend warns at every lowering (deprecated since jax 0.11); silence it here only.
-warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated",
-                        category=DeprecationWarning)
-
-NEG = -1e30  # finite "-inf": exp(m_old - m_new) stays NaN-free on rows with no valid slot yet
-DEFAULT_NUM_SMS = 132  # H100/H200 SXM
-_DOT_NT = (((1,), (1,)), ((), ()))
-
-
-def _next_pow2(x):
-    return 1 << max(0, int(x) - 1).bit_length()
-
-
-def _cdiv(a, b):
-    return -(-a // b)
-
-
-def _is_pow2(x):
-    return x > 0 and x & (x - 1) == 0
+NEG = gc.NEG
 
 
 def unsupported_reason(d, dv, block_k=None, rope=False):
     """Why the Triton kernel cannot take these sizes, or None."""
-    if not (_is_pow2(d) and d >= 16) or not (_is_pow2(dv) and dv >= 16):
+    if not (gc.is_pow2(d) and d >= 16) or not (gc.is_pow2(dv) and dv >= 16):
         return f"head dims D={d}, Dv={dv} must be powers of 2 >= 16"
     if rope and d < 32:
         return f"in-kernel RoPE needs D >= 32 (got D={d})"
-    if block_k is not None and not (_is_pow2(block_k) and block_k >= 16):
+    if block_k is not None and not (gc.is_pow2(block_k) and block_k >= 16):
         return f"block_k={block_k} must be a power of 2 >= 16"
     return None
-
-
-def num_sms():
-    dev = jax.devices()[0]
-    return int(getattr(dev, "core_count", 0) or DEFAULT_NUM_SMS) if dev.platform == "gpu" \
-        else DEFAULT_NUM_SMS
-
-
-# Streaming rate of one SM with k resident programs, as a fraction of its share of the chip's
-# bandwidth. H200 decode, jax 0.11.2 (docs/bench/decode_bench_h200.json): 128 programs on 132
-# SMs (one each) streamed at 2.9 TB/s, 256 programs (two per SM) at 4.25 TB/s.
-SM_RATE = (0.70, 0.95, 1.0)
-SMEM_BYTES = 227 << 10  # per SM, H100/H200
-
-
-def occupancy(tile_bytes, num_stages=2, max_programs=4):
-    """Programs resident per SM, bounded by shared memory: Triton keeps ``num_stages - 1``
-    prefetched tiles plus ~8 KB (jax 0.11.2 IR compiled by triton 3.6 for sm_90: 72 KB at
-    64 KB of K+V per block, i.e. 3 programs per SM; registers allow 4 at 114/thread)."""
-    smem = max(1, num_stages - 1) * tile_bytes + (8 << 10)
-    return max(1, min(max_programs, SMEM_BYTES // smem))
-
-
-def split_cost(heads, nblocks, splits, sms=DEFAULT_NUM_SMS, occ=2, overhead_blocks=8.0,
-               partial_blocks=0.25):
-    """Modelled time, in KV-block streaming times of one SM, of ``splits`` splits.
-
-    ``heads * splits`` programs spread over ``sms``; the busiest SM runs ``ceil(P / sms)``
-    programs of ``nb + overhead_blocks`` blocks at ``SM_RATE[min(that, occ)]``; each program's
-    partial output (written, then read by the merge) costs ``partial_blocks`` blocks. The fixed
-    cost of 8 blocks per program fits the B=1 sweep of docs/bench/bench_kernels_h200_partial.csv
-    (32K: 16 splits beat 32-128; more splits only pay with >= 8 blocks per program).
-    """
-    nb = _cdiv(nblocks, splits)
-    programs = heads * _cdiv(nblocks, nb)
-    per_sm = _cdiv(programs, sms)
-    rate = SM_RATE[min(per_sm, occ, len(SM_RATE)) - 1]
-    return per_sm * (nb + overhead_blocks) / rate + partial_blocks * programs / sms
-
-
-def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=8.0, max_splits=64,
-                    occ=2, partial_blocks=0.25):
-    """The split count minimising ``split_cost`` (ties: fewer splits).
-
-    ``heads = B * Hkv`` programs per split. The model wants >= 2 resident programs per SM
-    (e.g. B=8, Hkv=8 at 32K: 4 splits rather than 2) and no partial last wave; bench sweeps of
-    ``num_splits`` (``experiments/bench_kernels.py``) are the data to re-fit ``SM_RATE`` with.
-    """
-    best, best_cost = 1, None
-    for s in range(1, min(nblocks, max_splits) + 1):
-        cost = split_cost(heads, nblocks, s, sms, occ, overhead_blocks, partial_blocks)
-        if best_cost is None or cost < best_cost * (1 - 1e-6):
-            best, best_cost = s, cost
-    return best
 
 
 def default_block_k(d, dv, c, itemsize=2, stage_bytes=64 << 10):
@@ -131,29 +60,19 @@ def default_block_k(d, dv, c, itemsize=2, stage_bytes=64 << 10):
     bk = 128
     while bk > 16 and bk * (d + dv) * itemsize > stage_bytes:
         bk //= 2
-    return min(bk, max(16, _next_pow2(c)))
+    return min(bk, max(16, gc.next_pow2(c)))
 
 
 def plan(heads, c, d, dv, block_k=None, num_splits=None, itemsize=2, gp=16, num_stages=2):
     """``(block_k, num_splits, blocks per split)`` for ``heads = B*Hkv`` and capacity ``C``."""
     bk = block_k or default_block_k(d, dv, c, itemsize)
-    nblocks = _cdiv(c, bk)
+    nblocks = gc.cdiv(c, bk)
     tile = bk * (d + dv) * itemsize
-    splits = num_splits or auto_num_splits(
-        heads, nblocks, num_sms(), occ=occupancy(tile, num_stages),
+    splits = num_splits or sp.auto_num_splits(
+        heads, nblocks, gc.num_sms(), occ=sp.occupancy(tile, num_stages),
         partial_blocks=2 * gp * (dv + 2) * 4 / tile)
-    nb = _cdiv(nblocks, max(1, min(splits, nblocks)))
-    return bk, _cdiv(nblocks, nb), nb  # recomputed split count: no empty split
-
-
-def load_rows(view, start_row, limit, other=0):
-    """Masked load of a ref view whose first axis is rows ``start_row + i``: rows at or past
-    ``limit`` read ``other`` and are never accessed (jax 0.11 adds no bounds masks)."""
-    n = view.shape[0]
-    ok = start_row + lax.broadcasted_iota(jnp.int32, (n,), 0) < limit
-    if len(view.shape) > 1:
-        ok = jnp.broadcast_to(ok.reshape(n, *([1] * (len(view.shape) - 1))), view.shape)
-    return pltr.load(view, mask=ok, other=other)
+    splits, nb = sp.even_splits(nblocks, splits)
+    return bk, splits, nb
 
 
 def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, g, scale, rope, probs):
@@ -165,38 +84,38 @@ def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, g, scale, rope
     row0 = pl.program_id(2) * cb  # global index of this split's first slot
     if rope:
         h = d // 2
-        q1 = load_rows(q_ref.at[:, pl.ds(0, h)], 0, g).astype(kdt)  # padded rows read 0
-        q2 = load_rows(q_ref.at[:, pl.ds(h, h)], 0, g).astype(kdt)
+        q1 = gc.load_rows(q_ref.at[:, pl.ds(0, h)], 0, g).astype(kdt)  # padded rows read 0
+        q2 = gc.load_rows(q_ref.at[:, pl.ds(h, h)], 0, g).astype(kdt)
         invf = invf_ref[...]
     else:
-        q = load_rows(q_ref, 0, g).astype(kdt)
+        q = gc.load_rows(q_ref, 0, g).astype(kdt)
 
     def body(i, carry):
         m, den, acc = carry
         start = pl.multiple_of(i * bk, bk)
         rows = pl.ds(start, bk)
         at = row0 + start
-        vld = load_rows(valid_ref.at[rows], at, c, other=False)  # [bk]
+        vld = gc.load_rows(valid_ref.at[rows], at, c, other=False)  # [bk]
         if rope:
-            pos = load_rows(pos_ref.at[rows], at, c)
+            pos = gc.load_rows(pos_ref.at[rows], at, c)
             ang = pos.astype(jnp.float32)[:, None] * invf[None, :]  # [bk, D/2]
             cos, sin = jnp.cos(ang), jnp.sin(ang)
-            k1 = load_rows(k_ref.at[rows, pl.ds(0, h)], at, c).astype(jnp.float32)
-            k2 = load_rows(k_ref.at[rows, pl.ds(h, h)], at, c).astype(jnp.float32)
+            k1 = gc.load_rows(k_ref.at[rows, pl.ds(0, h)], at, c).astype(jnp.float32)
+            k2 = gc.load_rows(k_ref.at[rows, pl.ds(h, h)], at, c).astype(jnp.float32)
             r1 = (k1 * cos - k2 * sin).astype(kdt)
             r2 = (k2 * cos + k1 * sin).astype(kdt)
-            s = (lax.dot_general(q1, r1, _DOT_NT, preferred_element_type=jnp.float32)
-                 + lax.dot_general(q2, r2, _DOT_NT, preferred_element_type=jnp.float32))
+            s = (lax.dot_general(q1, r1, gc.DOT_NT, preferred_element_type=jnp.float32)
+                 + lax.dot_general(q2, r2, gc.DOT_NT, preferred_element_type=jnp.float32))
         else:
-            k = load_rows(k_ref.at[rows, :], at, c)
-            s = lax.dot_general(q, k, _DOT_NT, preferred_element_type=jnp.float32)
+            k = gc.load_rows(k_ref.at[rows, :], at, c)
+            s = lax.dot_general(q, k, gc.DOT_NT, preferred_element_type=jnp.float32)
         s = jnp.where(vld[None, :], s * scale, NEG)  # [gp, bk]
         if probs:
             s_ref[0][:, rows] = s
         m_new = jnp.maximum(m, s.max(axis=1))
         p = jnp.where(vld[None, :], jnp.exp(s - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
-        v = load_rows(v_ref.at[rows, :], at, c)  # rows past C read 0: no 0 * NaN
+        v = gc.load_rows(v_ref.at[rows, :], at, c)  # rows past C read 0: no 0 * NaN
         pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         return m_new, alpha * den + p.sum(axis=1), alpha[:, None] * acc + pv
 
@@ -209,35 +128,25 @@ def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, g, scale, rope
     acc_ref[...] = acc
 
 
-def merge_splits(m, den, acc):
-    """LSE-merge of split partials ``m, den [..., S, G]``, ``acc [..., S, G, Dv]`` (f32).
-
-    Returns normalised ``out [..., G, Dv]`` (0 where nothing was valid) and ``lse [..., G]``.
-    """
-    mx = m.max(axis=-2)
-    w = jnp.exp(m - mx[..., None, :])
-    lt = (w * den).sum(axis=-2)
-    out = (w[..., None] * acc).sum(axis=-3) / jnp.where(lt > 0, lt, 1.0)[..., None]
-    return out, mx + jnp.log(lt)
-
-
 def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, inv_freq=None,
-                         return_slot_probs=False, block_k=None, num_splits=None,
-                         min_block_h=16, num_warps=4, num_stages=2, interpret=False):
+                         sink_logit=None, return_slot_probs=False, block_k=None,
+                         num_splits=None, min_block_h=16, num_warps=4, num_stages=2,
+                         interpret=False):
     """Split-K decode attention; same contract as ``decode_attention_reference``.
 
     Shapes: ``q [B, Hq, D]``, ``keys [B, Hkv, C, D]``, ``values [B, Hkv, C, Dv]``,
-    ``valid [B, Hkv, C]``, ``rope_pos [B, Hkv, C]``, ``inv_freq [D/2]``. Returns
+    ``valid [B, Hkv, C]``, ``rope_pos [B, Hkv, C]``, ``inv_freq [D/2]``, ``sink_logit [Hq]``
+    (merged with the split partials, see ``gpu_common.merge_splits``). Returns
     ``out [B, Hq, Dv]`` (and ``slot_probs [B, Hkv, C]`` f32). ``num_splits=None`` picks the
     split count from ``B*Hkv``, the SM count and ``C`` (``auto_num_splits``).
     """
-    b, hkv, g, c, d, dv = check_inputs(q, keys, values, valid, rope_pos, inv_freq)
+    b, hkv, g, c, d, dv = check_inputs(q, keys, values, valid, rope_pos, inv_freq, sink_logit)
     rope = rope_pos is not None
     reason = unsupported_reason(d, dv, block_k, rope)
     if reason:
         raise ValueError(f"decode_attention_gpu: {reason}")
     scale = default_scale(scale, d)
-    gp = max(min_block_h, _next_pow2(g))
+    gp = max(min_block_h, gc.next_pow2(g))
     isz = max(keys.dtype.itemsize, values.dtype.itemsize)
     if rope and block_k is None:  # RoPE's f32 sin/cos tiles spill registers at 128 rows
         block_k = min(64, default_block_k(d, dv, c, isz))
@@ -246,6 +155,7 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
     c_pad = splits * cb
 
     # No padded copies: query rows past G and slots past C are masked in-kernel.
+    gc.check_offsets("decode_attention_gpu", keys=keys, values=values, valid=valid)
     args = [q.reshape(b, hkv, g, d), keys, values, valid]
     in_specs = [
         pl.BlockSpec((None, None, gp, d), lambda i, j, s: (i, j, 0, 0)),
@@ -267,7 +177,6 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
     if return_slot_probs:
         out_shape.append(jax.ShapeDtypeStruct((b, hkv, gp, c_pad), f32))
         out_specs.append(pl.BlockSpec((None, None, gp, cb), lambda i, j, s: (i, j, 0, s)))
-    on_gpu = jax.default_backend() == "gpu" and not interpret
     kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, g=g, scale=scale, rope=rope,
                                probs=return_slot_probs)
     outs = pl.pallas_call(
@@ -276,12 +185,12 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=(pltr.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-                         if on_gpu else None),
+        compiler_params=gc.compiler_params(num_warps, num_stages, interpret),
         interpret=interpret,
         name="lcache_decode_splitk",
     )(*args)
-    out, lse = merge_splits(outs[0][..., :g], outs[1][..., :g], outs[2][..., :g, :])
+    sink = None if sink_logit is None else sink_logit.astype(f32).reshape(hkv, g)
+    out, lse = gc.merge_splits(outs[0][..., :g], outs[1][..., :g], outs[2][..., :g, :], sink)
     out = out.reshape(b, hkv * g, dv).astype(q.dtype)
     if not return_slot_probs:
         return out

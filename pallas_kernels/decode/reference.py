@@ -16,7 +16,7 @@ import jax.numpy as jnp
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def check_inputs(q, keys, values, valid, rope_pos=None, inv_freq=None):
+def check_inputs(q, keys, values, valid, rope_pos=None, inv_freq=None, sink_logit=None):
     """Validates shapes and dtypes at trace time; returns ``(B, Hkv, G, C, D, Dv)``."""
     if q.ndim != 3:
         raise ValueError(f"q must be [B, Hq, D], got shape {q.shape}")
@@ -45,6 +45,10 @@ def check_inputs(q, keys, values, valid, rope_pos=None, inv_freq=None):
         if d % 2 or inv_freq.shape != (d // 2,):
             raise ValueError(f"inv_freq must be [D/2] = [{d // 2}] (D={d} even), got "
                              f"{inv_freq.shape}")
+    if sink_logit is not None and (sink_logit.shape != (q.shape[1],) or not jnp.issubdtype(
+            sink_logit.dtype, jnp.floating)):
+        raise ValueError(f"sink_logit must be float [Hq] = [{q.shape[1]}], got "
+                         f"{sink_logit.dtype}{list(sink_logit.shape)}")
     return b, hkv, q.shape[1] // hkv, c, d, values.shape[-1]
 
 
@@ -68,7 +72,7 @@ def slot_probs_from_scores(scores_BHGC, lse_BHG, valid_BHC):
 
 
 def decode_attention_reference(q, keys, values, valid, *, scale=None, rope_pos=None,
-                               inv_freq=None, return_slot_probs=False):
+                               inv_freq=None, sink_logit=None, return_slot_probs=False):
     """Softmax attention of one query per head over the valid cache slots, in f32.
 
     Args:
@@ -79,13 +83,15 @@ def decode_attention_reference(q, keys, values, valid, *, scale=None, rope_pos=N
       scale: logit scale, default ``1/sqrt(D)``.
       rope_pos: optional ``[B, Hkv, C]`` int positions to rotate each key with.
       inv_freq: ``[D/2]`` f32 RoPE inverse frequencies (with ``rope_pos``).
+      sink_logit: optional ``[Hq]`` per-head logit of a sink with no value (gpt-oss): adds
+        ``exp(sink_logit)`` to each head's softmax denominator.
       return_slot_probs: also return the probabilities summed over each group.
 
     Returns:
       ``out [B, Hq, Dv]`` in ``q.dtype`` (zeros for a head with no valid slot) and, if
       ``return_slot_probs``, ``slot_probs [B, Hkv, C]`` f32 (0 at invalid slots).
     """
-    b, hkv, g, c, d, dv = check_inputs(q, keys, values, valid, rope_pos, inv_freq)
+    b, hkv, g, c, d, dv = check_inputs(q, keys, values, valid, rope_pos, inv_freq, sink_logit)
     scale = default_scale(scale, d)
     k = keys.astype(jnp.float32) if rope_pos is None else rope_rotate(keys, rope_pos, inv_freq)
     q_BHGD = q.reshape(b, hkv, g, d).astype(jnp.float32)
@@ -93,9 +99,12 @@ def decode_attention_reference(q, keys, values, valid, *, scale=None, rope_pos=N
     mask = valid[:, :, None, :]
     s = jnp.where(mask, s, -jnp.inf)
     m = jnp.max(s, axis=-1)
+    sink = None if sink_logit is None else sink_logit.astype(jnp.float32).reshape(hkv, g)
+    if sink is not None:
+        m = jnp.maximum(m, sink)
     m = jnp.where(jnp.isfinite(m), m, 0.0)  # all-invalid row: avoid inf - inf
     p = jnp.where(mask, jnp.exp(s - m[..., None]), 0.0)
-    den = p.sum(axis=-1)
+    den = p.sum(axis=-1) + (0.0 if sink is None else jnp.exp(sink - m))
     l_safe = jnp.where(den > 0, den, 1.0)
     out = jnp.einsum("bhgc,bhce->bhge", p, values.astype(jnp.float32), precision=HIGHEST)
     out = (out / l_safe[..., None]).reshape(b, hkv * g, dv).astype(q.dtype)

@@ -21,21 +21,21 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltr
 
-from pallas_kernels.decode import gpu as dgpu
+from pallas_kernels import gpu_common as gc
+from pallas_kernels import splits as sp
+from pallas_kernels.decode.reference import slot_probs_from_scores
 from pallas_kernels.mla_decode.reference import check_inputs
 
-NEG = dgpu.NEG
-_NT = (((1,), (1,)), ((), ()))
+NEG = gc.NEG
 
 
 def unsupported_reason(dc, dr, block_h=None, block_k=None):
     """Why the Triton kernel cannot take these sizes, or None."""
-    if not (dgpu._is_pow2(dc) and dc >= 16 and dgpu._is_pow2(dr) and dr >= 16):
+    if not (gc.is_pow2(dc) and dc >= 16 and gc.is_pow2(dr) and dr >= 16):
         return f"latent dims dc={dc}, dr={dr} must be powers of 2 >= 16"
     for name, v in (("block_h", block_h), ("block_k", block_k)):
-        if v is not None and not (dgpu._is_pow2(v) and v >= 16):
+        if v is not None and not (gc.is_pow2(v) and v >= 16):
             return f"{name}={v} must be a power of 2 >= 16"
     return None
 
@@ -46,19 +46,19 @@ def _kernel(ql_ref, qr_ref, c_ref, kr_ref, valid_ref, m_ref, l_ref, acc_ref, *s_
     cdt = c_ref.dtype
     row0 = pl.program_id(2) * cb  # global index of this split's first slot
     h0 = pl.program_id(0) * bh
-    ql = dgpu.load_rows(ql_ref, h0, hq).astype(cdt)  # heads past Hq read 0
-    qr = dgpu.load_rows(qr_ref, h0, hq).astype(cdt)
+    ql = gc.load_rows(ql_ref, h0, hq).astype(cdt)  # heads past Hq read 0
+    qr = gc.load_rows(qr_ref, h0, hq).astype(cdt)
 
     def body(i, carry):
         m, den, acc = carry
         start = pl.multiple_of(i * bk, bk)
         rows = pl.ds(start, bk)
         at = row0 + start
-        vld = dgpu.load_rows(valid_ref.at[rows], at, c, other=False)
-        lat = dgpu.load_rows(c_ref.at[rows, :], at, c)
-        kr = dgpu.load_rows(kr_ref.at[rows, :], at, c).astype(cdt)
-        s = (lax.dot_general(ql, lat, _NT, preferred_element_type=jnp.float32)
-             + lax.dot_general(qr, kr, _NT, preferred_element_type=jnp.float32))
+        vld = gc.load_rows(valid_ref.at[rows], at, c, other=False)
+        lat = gc.load_rows(c_ref.at[rows, :], at, c)
+        kr = gc.load_rows(kr_ref.at[rows, :], at, c).astype(cdt)
+        s = (lax.dot_general(ql, lat, gc.DOT_NT, preferred_element_type=jnp.float32)
+             + lax.dot_general(qr, kr, gc.DOT_NT, preferred_element_type=jnp.float32))
         s = jnp.where(vld[None, :], s * scale, NEG)  # [bh, bk]
         if s_ref:
             s_ref[0][:, rows] = s
@@ -91,8 +91,8 @@ def auto_splits(b, nhb, nblocks, occ, sms=None, max_splits=256, min_blocks=4):
     """One wave: ``B * (Hq / block_h) * S ~= SMs * occ`` programs, >= ``min_blocks`` blocks
     each. Partials cost ``block_h * dc * 8`` bytes per program (written, then merged), so MLA
     never splits beyond a single wave."""
-    sms = sms or dgpu.num_sms()
-    want = dgpu._cdiv(sms * occ, b * nhb)
+    sms = sms or gc.num_sms()
+    want = gc.cdiv(sms * occ, b * nhb)
     return max(1, min(want, max_splits, nblocks // min_blocks))
 
 
@@ -114,16 +114,16 @@ def mla_decode_gpu(q_latent, q_rope, latent, k_rope, valid, *, scale, return_slo
         dbk = 64 if block_h <= 16 else 32
     bh, bk = block_h or dbh, block_k or dbk
     num_warps = num_warps or dwarps
-    nhb = dgpu._cdiv(hq, bh)
+    nhb = gc.cdiv(hq, bh)
     hp = nhb * bh
-    nblocks = dgpu._cdiv(c, bk)
+    nblocks = gc.cdiv(c, bk)
     splits = num_splits or auto_splits(b, nhb, nblocks, occ if bh == dbh else 1)
-    nb = dgpu._cdiv(nblocks, max(1, min(splits, nblocks)))
-    splits = dgpu._cdiv(nblocks, nb)
+    splits, nb = sp.even_splits(nblocks, splits)
     cb = nb * bk
     c_pad = splits * cb
 
     # No padded copies: heads past Hq and slots past C are masked in-kernel.
+    gc.check_offsets("mla_decode_gpu", latent=latent, k_rope=k_rope, valid=valid)
     args = [q_latent, q_rope, latent[:, 0], k_rope[:, 0], valid[:, 0]]
     in_specs = [pl.BlockSpec((None, bh, dc), lambda h, i, s: (i, h, 0)),
                 pl.BlockSpec((None, bh, dr), lambda h, i, s: (i, h, 0)),
@@ -140,19 +140,17 @@ def mla_decode_gpu(q_latent, q_rope, latent, k_rope, valid, *, scale, return_slo
     if return_slot_probs:
         out_shape.append(jax.ShapeDtypeStruct((b, hp, c_pad), f32))
         out_specs.append(pl.BlockSpec((None, bh, cb), lambda h, i, s: (i, h, s)))
-    on_gpu = jax.default_backend() == "gpu" and not interpret
     kernel = functools.partial(_kernel, nb=nb, bk=bk, c=c, cb=cb, hq=hq, scale=float(scale))
     outs = pl.pallas_call(
         kernel, grid=(nhb, b, splits), in_specs=in_specs, out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=(pltr.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-                         if on_gpu else None),
+        compiler_params=gc.compiler_params(num_warps, num_stages, interpret),
         interpret=interpret, name="lcache_mla_decode",
     )(*args)
     m, den, acc = outs[0][..., :hq], outs[1][..., :hq], outs[2][..., :hq, :]
-    out, lse = dgpu.merge_splits(m, den, acc)  # [B, Hq, dc], [B, Hq]
+    out, lse = gc.merge_splits(m, den, acc)  # [B, Hq, dc], [B, Hq]
     out = out.astype(q_latent.dtype)
     if not return_slot_probs:
         return out
     s = outs[3][:, None, :hq, :c]  # [B, 1, Hq, C]
-    return out, dgpu.slot_probs_from_scores(s, lse[:, None], valid)
+    return out, slot_probs_from_scores(s, lse[:, None], valid)

@@ -1,19 +1,15 @@
 """Dispatch of MLA absorbed decode over the latent cache.
 
-``impl``: 'xla' = the ``jnp`` reference; 'pallas' = the TPU kernel on TPU, the split-K Triton
-kernel elsewhere (interpreted on CPU); 'auto' = 'pallas' on GPU/TPU, 'xla' on CPU. Sizes a
-kernel cannot take raise ``ValueError`` with 'pallas' and fall back (logged) with 'auto'.
+``impl`` as in ``pallas_kernels.dispatch``: 'xla' = the ``jnp`` reference; 'pallas' = the TPU
+kernel on TPU, the split-K Triton kernel elsewhere (interpreted on CPU); 'auto' = the kernel on
+GPU/TPU, the reference on CPU.
 """
 
 from __future__ import annotations
 
-import jax
-from absl import logging
-
+from pallas_kernels import dispatch
 from pallas_kernels.mla_decode import gpu, tpu
 from pallas_kernels.mla_decode.reference import check_inputs, mla_decode_reference
-
-IMPLS = ("xla", "pallas", "auto")
 
 
 def mla_decode_attention(q_latent, q_rope, latent, k_rope, valid, *, scale,
@@ -36,27 +32,18 @@ def mla_decode_attention(q_latent, q_rope, latent, k_rope, valid, *, scale,
       ``out_latent [B, Hq, dc]`` in ``q_latent.dtype`` (apply ``W_UV`` after), and the
       probabilities if requested.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    dispatch.check_impl(impl)
     _, _, _, dc, dr = check_inputs(q_latent, q_rope, latent, k_rope, valid)
     args = (q_latent, q_rope, latent, k_rope, valid)
     kw = dict(scale=scale, return_slot_probs=return_slot_probs)
-    backend = jax.default_backend()
-    if impl == "xla" or (impl == "auto" and backend not in ("gpu", "tpu")):
-        return mla_decode_reference(*args, **kw)
-    interpret = backend == "cpu" if interpret is None else interpret
-    if backend == "tpu":
-        reason = tpu.unsupported_reason(dc, dr, block_k)
-        kernel = lambda: tpu.mla_decode_tpu(*args, **kw, block_h=block_h, block_k=block_k,  # noqa: E731
-                                            interpret=interpret)
-    else:
-        reason = gpu.unsupported_reason(dc, dr, block_h, block_k)
-        kernel = lambda: gpu.mla_decode_gpu(*args, **kw, block_h=block_h, block_k=block_k,  # noqa: E731
-                                            num_splits=num_splits, interpret=interpret)
-    if reason is None:
-        return kernel()
-    if impl == "pallas":
-        raise ValueError(f"mla_decode_attention(impl='pallas') on {backend}: {reason}; "
-                         "use impl='auto' to fall back to XLA")
-    logging.warning("mla_decode_attention: %s on %s; using the XLA reference", reason, backend)
-    return mla_decode_reference(*args, **kw)
+    return dispatch.run(
+        "mla_decode_attention", impl, lambda: mla_decode_reference(*args, **kw),
+        gpu=dispatch.Kernel(gpu.unsupported_reason(dc, dr, block_h, block_k),
+                            lambda interp: gpu.mla_decode_gpu(
+                                *args, **kw, block_h=block_h, block_k=block_k,
+                                num_splits=num_splits, interpret=interp)),
+        tpu=dispatch.Kernel(tpu.unsupported_reason(dc, dr, block_k),
+                            lambda interp: tpu.mla_decode_tpu(
+                                *args, **kw, block_h=block_h, block_k=block_k,
+                                interpret=interp)),
+        interpret=interpret)

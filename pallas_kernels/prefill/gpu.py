@@ -23,22 +23,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltr
 
-from pallas_kernels.decode import gpu as dgpu
+from pallas_kernels import gpu_common as gc
 from pallas_kernels.prefill.reference import check_inputs, default_scale
 
 NEG = -1e30
 LOG2E = math.log2(math.e)
-_NT = (((1,), (1,)), ((), ()))
 
 
 def unsupported_reason(d, dv, block_q=None, block_k=None):
     """Why the Triton kernels cannot take these sizes, or None."""
-    if not (dgpu._is_pow2(d) and d >= 16 and dgpu._is_pow2(dv) and dv >= 16):
+    if not (gc.is_pow2(d) and d >= 16 and gc.is_pow2(dv) and dv >= 16):
         return f"head dims D={d}, Dv={dv} must be powers of 2 >= 16"
     for name, x in (("block_q", block_q), ("block_k", block_k)):
-        if x is not None and not (dgpu._is_pow2(x) and x >= 16):
+        if x is not None and not (gc.is_pow2(x) and x >= 16):
             return f"{name}={x} must be a power of 2 >= 16"
     return None
 
@@ -53,7 +51,7 @@ def _flash_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, bq, bk, nq, scale):
     def step(j, carry, masked):
         m, den, acc = carry
         rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        s = lax.dot_general(q, k_ref[rows, :].astype(dt), _NT,
+        s = lax.dot_general(q, k_ref[rows, :].astype(dt), gc.DOT_NT,
                             preferred_element_type=jnp.float32) * qk_scale
         if masked:
             k_pos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
@@ -84,7 +82,7 @@ def _scores_kernel(q_ref, lse_ref, k_ref, s_ref, *, bk, t, w, scale):
     seen = (row < w) & (k_pos <= t - w + row)
     for gi in range(g):
         q = q_ref[gi].astype(k.dtype)  # [wp, D]
-        s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * qk_scale
+        s = lax.dot_general(q, k, gc.DOT_NT, preferred_element_type=jnp.float32) * qk_scale
         p = jnp.where(seen, jnp.exp2(s - lse_ref[gi][:, None]), 0.0)
         s_ref[gi, :] = p.sum(axis=0)
 
@@ -111,13 +109,13 @@ def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, bl
     g = hq // hkv
     scale = default_scale(scale, d)
     dbq, dbk, dwarps, dstages = default_blocks(d)
-    bq = min(block_q or dbq, max(16, dgpu._next_pow2(t)))
+    bq = min(block_q or dbq, max(16, gc.next_pow2(t)))
     bk = min(block_k or dbk, bq)
-    t_pad = dgpu._cdiv(t, bq) * bq
+    t_pad = gc.cdiv(t, bq) * bq
     nq = t_pad // bq
-    on_gpu = jax.default_backend() == "gpu" and not interpret
-    params = lambda w, s: pltr.CompilerParams(num_warps=w, num_stages=s) if on_gpu else None  # noqa: E731
+    params = lambda w, s: gc.compiler_params(w, s, interpret)  # noqa: E731
     qp, kp, vp = _pad_t(q, t_pad), _pad_t(k, t_pad), _pad_t(v, t_pad)
+    gc.check_offsets("prefill_attention_gpu", q=qp, k=kp, v=vp)
     out, lse = pl.pallas_call(
         functools.partial(_flash_kernel, bq=bq, bk=bk, nq=nq, scale=scale),
         grid=(nq, b, hq),
@@ -135,7 +133,7 @@ def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, bl
     if not obs_window:
         return out
     w = min(obs_window, t)
-    wp = max(16, dgpu._next_pow2(w))
+    wp = max(16, gc.next_pow2(w))
     q_obs = jnp.pad(q[:, :, t - w:], ((0, 0), (0, 0), (0, wp - w), (0, 0)))
     q_obs = q_obs.reshape(b, hkv, g, wp, d)
     lse_obs = jnp.pad(lse[:, :, t - w:t], ((0, 0), (0, 0), (0, wp - w))).reshape(b, hkv, g, wp)

@@ -1,19 +1,15 @@
 """Dispatch of causal prefill attention with optional SnapKV observation scores.
 
-``impl``: 'xla' = the ``jnp`` reference (materialises ``T x T``: small inputs only); 'pallas' =
-the TPU kernels on TPU, the Triton kernels elsewhere (interpreted on CPU); 'auto' = 'pallas' on
-GPU/TPU, 'xla' on CPU. Unsupported sizes raise with 'pallas' and fall back (logged) with 'auto'.
+``impl`` as in ``pallas_kernels.dispatch``: 'xla' = the ``jnp`` reference (materialises
+``T x T``: small inputs only); 'pallas' = the TPU kernels on TPU, the Triton kernels elsewhere
+(interpreted on CPU); 'auto' = the kernels on GPU/TPU, the reference on CPU.
 """
 
 from __future__ import annotations
 
-import jax
-from absl import logging
-
+from pallas_kernels import dispatch
 from pallas_kernels.prefill import gpu, tpu
 from pallas_kernels.prefill.reference import check_inputs, prefill_reference
-
-IMPLS = ("xla", "pallas", "auto")
 
 
 def prefill_attention(q, k, v, *, scale=None, obs_window=0, impl="auto", interpret=None,
@@ -33,26 +29,16 @@ def prefill_attention(q, k, v, *, scale=None, obs_window=0, impl="auto", interpr
     Returns:
       ``out [B, Hq, T, Dv]`` in ``q.dtype``, and ``scores`` if ``obs_window > 0``.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    dispatch.check_impl(impl)
     _, _, _, _, d, dv = check_inputs(q, k, v, obs_window)
     kw = dict(scale=scale, obs_window=obs_window)
-    backend = jax.default_backend()
-    if impl == "xla" or (impl == "auto" and backend not in ("gpu", "tpu")):
-        return prefill_reference(q, k, v, **kw)
-    interpret = backend == "cpu" if interpret is None else interpret
-    if backend == "tpu":
-        reason = tpu.unsupported_reason(d, dv, block_q, block_k)
-        kernel = lambda: tpu.prefill_attention_tpu(q, k, v, **kw, block_q=block_q,  # noqa: E731
-                                                   block_k=block_k, interpret=interpret)
-    else:
-        reason = gpu.unsupported_reason(d, dv, block_q, block_k)
-        kernel = lambda: gpu.prefill_attention_gpu(q, k, v, **kw, block_q=block_q,  # noqa: E731
-                                                   block_k=block_k, interpret=interpret)
-    if reason is None:
-        return kernel()
-    if impl == "pallas":
-        raise ValueError(f"prefill_attention(impl='pallas') on {backend}: {reason}; "
-                         "use impl='auto' to fall back to XLA")
-    logging.warning("prefill_attention: %s on %s; using the XLA reference", reason, backend)
-    return prefill_reference(q, k, v, **kw)
+    blocks = dict(block_q=block_q, block_k=block_k)
+    return dispatch.run(
+        "prefill_attention", impl, lambda: prefill_reference(q, k, v, **kw),
+        gpu=dispatch.Kernel(gpu.unsupported_reason(d, dv, block_q, block_k),
+                            lambda interp: gpu.prefill_attention_gpu(
+                                q, k, v, **kw, **blocks, interpret=interp)),
+        tpu=dispatch.Kernel(tpu.unsupported_reason(d, dv, block_q, block_k),
+                            lambda interp: tpu.prefill_attention_tpu(
+                                q, k, v, **kw, **blocks, interpret=interp)),
+        interpret=interpret)

@@ -1,11 +1,12 @@
 """Pure-``jnp`` decode attention over a KIVI-quantized cache plus full-precision segments.
 
-The layout is the one of ``lcache.cache.quantized`` (``bits`` in {2, 4, 8}, ``P = 8 // bits``
-codes per byte, packed little end first along the last axis; ``G`` = group):
+The layout is the one of ``lcache.cache.quantized`` (``bits`` in {2, 4, 8}, ``P = 16 // bits``
+codes per ``uint16`` word in bit planes: word ``j`` of a row of ``W = D / P`` words holds
+channel ``j + k * W`` in bits ``[k * bits, (k + 1) * bits)``; ``G`` = group):
 
-* ``k_codes [B, H, C, D/P]`` uint8, ``k_scale``/``k_zero [B, H, NB, D]`` (16-bit): one grid per
+* ``k_codes [B, H, C, D/P]`` uint16, ``k_scale``/``k_zero [B, H, NB, D]`` (16-bit): one grid per
   channel per block of ``G`` consecutive slots, ``NB = ceil(C / G)``;
-* ``v_codes [B, H, C, Dv/P]`` uint8, ``v_scale``/``v_zero [B, H, C, Dv/G]``: one grid per slot
+* ``v_codes [B, H, C, Dv/P]`` uint16, ``v_scale``/``v_zero [B, H, C, Dv/G]``: one grid per slot
   per ``G`` consecutive channels;
 * ``valid [B, H, C]`` bool: the slots served by the codes (not sinks, not residual);
 * full-precision ``Segment``s (the sinks, the residual ring): ``keys [B, H, S, D]``,
@@ -58,24 +59,24 @@ class QuantDims(NamedTuple):
     group: int
 
 
-def check_inputs(q, codes: QuantCodes, segments=()) -> QuantDims:
+def check_inputs(q, codes: QuantCodes, segments=(), sink_logit=None) -> QuantDims:
     """Validates shapes/dtypes at trace time and derives ``bits`` and ``group`` from them."""
     if q.ndim != 3:
         raise ValueError(f"q must be [B, Hq, D], got {q.shape}")
     b, hq, d = q.shape
     kc, vc = codes.k_codes, codes.v_codes
-    if kc.ndim != 4 or vc.ndim != 4 or kc.dtype != jnp.uint8 or vc.dtype != jnp.uint8:
-        raise ValueError(f"k_codes/v_codes must be uint8 [B, H, C, .], got {kc.dtype}{kc.shape}"
-                         f" and {vc.dtype}{vc.shape}")
+    if kc.ndim != 4 or vc.ndim != 4 or kc.dtype != jnp.uint16 or vc.dtype != jnp.uint16:
+        raise ValueError(f"k_codes/v_codes must be uint16 [B, H, C, .], got "
+                         f"{kc.dtype}{kc.shape} and {vc.dtype}{vc.shape}")
     _, h, c, kw = kc.shape
     if kc.shape[:3] != (b, h, c) or vc.shape[:3] != (b, h, c):
         raise ValueError(f"codes {kc.shape}/{vc.shape} must share [B={b}, H, C]")
     if hq % h:
         raise ValueError(f"Hq={hq} must be a multiple of the cache heads H={h}")
-    if (8 * kw) % d or (8 * kw) // d not in (2, 4, 8) or d % (8 // ((8 * kw) // d)):
+    if (16 * kw) % d or (16 * kw) // d not in (2, 4, 8) or d % (16 // ((16 * kw) // d)):
         raise ValueError(f"k_codes last dim {kw} does not pack D={d} into 2/4/8-bit codes")
-    bits = 8 * kw // d
-    dv = vc.shape[3] * 8 // bits
+    bits = 16 * kw // d
+    dv = vc.shape[3] * 16 // bits
     ng = codes.v_scale.shape[-1]
     if ng < 1 or dv % ng:
         raise ValueError(f"v_scale {codes.v_scale.shape}: Dv={dv} is not a multiple of its "
@@ -99,14 +100,18 @@ def check_inputs(q, codes: QuantCodes, segments=()) -> QuantDims:
             raise ValueError(f"segment {i}: keys/values/valid must be [B, H, S, D={d}]/"
                              f"[B, H, S, Dv={dv}]/bool [B, H, S], got {seg.keys.shape}/"
                              f"{seg.values.shape}/{seg.valid.dtype}{list(seg.valid.shape)}")
+    if sink_logit is not None and (sink_logit.shape != (hq,) or not jnp.issubdtype(
+            sink_logit.dtype, jnp.floating)):
+        raise ValueError(f"sink_logit must be float [Hq] = [{hq}], got "
+                         f"{sink_logit.dtype}{list(sink_logit.shape)}")
     return QuantDims(b, h, hq // h, c, d, dv, bits, group)
 
 
 def unpack(packed, bits):
-    """``uint8 [..., W]`` -> ``uint8 [..., W * 8 // bits]`` codes, little end first."""
-    per = 8 // bits
-    shifts = (jnp.arange(per, dtype=jnp.uint8) * bits).astype(jnp.uint8)
-    x = (packed[..., None] >> shifts) & jnp.uint8(2**bits - 1)
+    """``uint16 [..., W]`` words -> ``uint16 [..., W * 16 // bits]`` codes in channel order."""
+    per = 16 // bits
+    shifts = (jnp.arange(per, dtype=jnp.uint16) * bits).astype(jnp.uint16)[:, None]
+    x = (packed[..., None, :] >> shifts) & jnp.uint16(2**bits - 1)
     return x.reshape(*packed.shape[:-1], packed.shape[-1] * per)
 
 
@@ -123,9 +128,10 @@ def dequantize(codes: QuantCodes, bits: int, group: int):
     return kq * ks + kz, v.reshape(*v.shape[:-2], -1)
 
 
-def quant_decode_reference(q, codes: QuantCodes, segments=(), *, scale=None,
+def quant_decode_reference(q, codes: QuantCodes, segments=(), *, scale=None, sink_logit=None,
                            return_slot_probs=False):
-    """Decode attention over the codes and the segments, in f32.
+    """Decode attention over the codes and the segments, in f32 (``sink_logit [Hq]``: an extra
+    softmax term per head with no value, as in ``decode_attention_reference``).
 
     Returns ``out [B, Hq, Dv]`` in ``q.dtype`` (zeros for a head with nothing valid) and, if
     ``return_slot_probs``, ``(code_probs [B, H, C], [seg_probs [B, H, S_i], ...])`` f32: the
@@ -137,7 +143,7 @@ def quant_decode_reference(q, codes: QuantCodes, segments=(), *, scale=None,
     values = jnp.concatenate([values] + [s.values.astype(jnp.float32) for s in segments], axis=2)
     valid = jnp.concatenate([codes.valid] + [s.valid for s in segments], axis=2)
     scale = 1.0 / dims.d ** 0.5 if scale is None else scale
-    res = decode_attention_reference(q, keys, values, valid, scale=scale,
+    res = decode_attention_reference(q, keys, values, valid, scale=scale, sink_logit=sink_logit,
                                      return_slot_probs=return_slot_probs)
     if not return_slot_probs:
         return res

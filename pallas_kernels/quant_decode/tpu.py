@@ -4,9 +4,10 @@ Grid ``(B, H, C / block_k)``, the block axis "arbitrary": the online softmax acc
 scratch (``m``, ``den`` lane-replicated ``[Gp, 128]``, ``acc [Gp, Dv]``), as in
 ``decode/tpu.py``. The last step also attends the segments (whole blocks in VMEM) and writes.
 
-Dequantization stays on the MXU, which decode leaves idle: the ``P`` bit planes of a code tile
-``[bk, D/P]`` are moved into channel order by one-hot matmuls (``plane_e @ E_e``, ``E_e[j, jP+e]
-= 1``; exact for small integers), per-block key grids are repeated onto slots by a one-hot
+Dequantization stays on the MXU, which decode leaves idle: the ``P`` bit planes of a tile of
+``uint16`` code words ``[bk, W]`` (plane ``e`` = channels ``[eW, (e+1)W)``, ``quant_ops``) are
+placed into channel order by one-hot matmuls (``plane_e @ E_e``, ``E_e[j, eW+j] = 1``; exact
+for small integers), per-block key grids are repeated onto slots by a one-hot
 ``[bk, bk/G]`` matmul and per-token value grids spread over channels by a one-hot
 ``[Dv/G, Dv]`` matmul; keys and values are then dequantized in f32 and attended as in the
 bf16 kernel. Sizes: ``D``, ``Dv`` multiples of 128, ``block_k`` a multiple of 128 and of ``G``.
@@ -50,14 +51,14 @@ def _mm(a, b):
     return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
-def _codes(x_u8, bits):
-    """``uint8 [R, W]`` -> f32 ``[R, W * P]`` codes in channel order (one-hot matmuls)."""
-    per, w = 8 // bits, x_u8.shape[1]
-    x = x_u8.astype(jnp.int32)
+def _codes(x_u16, bits):
+    """``uint16 [R, W]`` words -> f32 ``[R, W * P]`` codes in channel order (one-hot matmuls)."""
+    per, w = 16 // bits, x_u16.shape[1]
+    x = x_u16.astype(jnp.int32)
     out = None
     for e in range(per):
         plane = ((x >> (e * bits)) & (2**bits - 1)).astype(jnp.bfloat16)
-        spread = _onehot(w, w * per, lambda r, c, e=e: c == r * per + e, jnp.bfloat16)
+        spread = _onehot(w, w * per, lambda r, c, e=e: c == e * w + r, jnp.bfloat16)
         part = _mm(plane, spread)
         out = part if out is None else out + part
     return out
@@ -142,7 +143,7 @@ def quant_decode_tpu(q, codes: QuantCodes, segments=(), *, scale=None, return_sl
     if reason:
         raise ValueError(f"quant_decode_tpu: {reason}")
     scale = default_scale(scale, d)
-    per = 8 // bits
+    per = 16 // bits
     bk = block_k or max(256, group)
     nblocks = -(-c // bk)
     c_pad = nblocks * bk

@@ -6,7 +6,7 @@ import pytest
 
 from configs.bench_kernels import get_config
 from experiments import bench_kernels as bk
-from pallas_kernels.benchtools import fake
+from pallas_kernels.benchtools import fake, peak_gbps
 
 
 def test_configs():
@@ -27,9 +27,26 @@ def test_tasks_put_target_rows_first():
     bench.c, bench.rows, bench.dtype = c, [], jnp.dtype(c.dtype)
     names = [name for name, _ in bench.tasks()]
     assert names[:9] == [f"decode B={b} C={x}" for b in c.batches for x in c.contexts]
-    first_sweep = next(i for i, n in enumerate(names) if "splits" in n)
-    assert all(not n.startswith(("quant8", "quant2", "mla h16")) for n in names[:first_sweep])
+    first_int8 = names.index("quant8 B=1 C=4096")
+    assert all(n.startswith(("decode B", "quant4", "mla B", "prefill B"))
+               for n in names[:first_int8])
+    first_sweep = next(i for i, n in enumerate(names) if "decode sweep" in n)
+    assert all(not n.startswith(("mla h16", "decode xla")) for n in names[:first_sweep])
     assert len(names) == len(set(names))
+
+
+def test_tags_and_peaks():
+    assert bk.tag({}) == "pallas"
+    assert bk.tag(dict(dequant="jnp", block_k=32, num_stages=3)) == "pallas[jnp,bk=32,s=3]"
+    assert peak_gbps("NVIDIA H100 80GB HBM3") == 3350.0
+    assert peak_gbps("NVIDIA H200") == 4800.0 and peak_gbps("cpu") is None
+
+
+def test_checks_pass_on_cpu():
+    """``--check``'s small cases (interpreted kernels) against their references."""
+    from pallas_kernels import checks
+
+    assert checks.run_checks(checks.small_cases(get_config("smoke")))
 
 
 def test_fake_data():

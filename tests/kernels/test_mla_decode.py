@@ -8,7 +8,7 @@ from kernel_helpers import lower_for_cuda, lower_for_tpu, run
 
 from lcache.attention.core import grouped_attention
 from pallas_kernels.mla_decode import mla_decode_attention, mla_decode_reference
-from pallas_kernels.mla_decode import ops as mops
+from pallas_kernels import dispatch
 from pallas_kernels.mla_decode.gpu import mla_decode_gpu
 from pallas_kernels.mla_decode.tpu import mla_decode_tpu
 
@@ -71,7 +71,7 @@ def test_ops_unsupported_dims(monkeypatch):
     args = make_case(4, 1, 4, 20, 48, 16, jnp.float32)  # dc=48: not a power of 2
     with pytest.raises(ValueError, match="dc=48"):
         mla_decode_attention(*args, scale=0.1, impl="pallas")
-    monkeypatch.setattr(mops.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(dispatch.jax, "default_backend", lambda: "gpu")
     got = mla_decode_attention(*args, scale=0.1, impl="auto")
     np.testing.assert_array_equal(got, mla_decode_reference(*args, scale=0.1))
     with pytest.raises(ValueError, match="k_rope"):

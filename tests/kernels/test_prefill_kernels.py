@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from kernel_helpers import lower_for_cuda, lower_for_tpu, run
 
-from pallas_kernels.prefill import ops as pops
+from pallas_kernels import dispatch
 from pallas_kernels.prefill import prefill_attention, prefill_reference
 from pallas_kernels.prefill.gpu import prefill_attention_gpu
 from pallas_kernels.prefill.tpu import prefill_attention_tpu
@@ -63,7 +63,7 @@ def test_ops_unsupported_head_dim(monkeypatch):
     q, k, v = make_case(4, 1, 2, 1, 12, 24, jnp.float32)  # D=24
     with pytest.raises(ValueError, match="D=24"):
         prefill_attention(q, k, v, impl="pallas")
-    monkeypatch.setattr(pops.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(dispatch.jax, "default_backend", lambda: "gpu")
     got = prefill_attention(q, k, v, obs_window=4, impl="auto")
     want = prefill_reference(q, k, v, obs_window=4)
     np.testing.assert_array_equal(got[0], want[0])

@@ -11,9 +11,9 @@ from kernel_helpers import lower_for_cuda, lower_for_tpu, run
 
 from lcache.cache import quant_ops as qo
 from pallas_kernels.quant_decode import QuantCodes, Segment, dequantize, quant_decode_attention
-from pallas_kernels.quant_decode import ops as qops
-from pallas_kernels.quant_decode.gpu import quant_decode_gpu, unpack_codes
-from pallas_kernels.quant_decode.reference import quant_decode_reference
+from pallas_kernels import dispatch
+from pallas_kernels.quant_decode.gpu import dequant, plane, quant_decode_gpu
+from pallas_kernels.quant_decode.reference import quant_decode_reference, unpack
 from pallas_kernels.quant_decode.tpu import quant_decode_tpu
 
 
@@ -21,14 +21,14 @@ def make_case(seed, b, h, g, c, d, bits, group, dtype, seg_lens=(4, 32), empty_r
     """Random codes with realistic grids (scale = range / levels), random masks (one kv row
     with nothing valid when ``empty_row``), and full-precision segments."""
     rng = np.random.default_rng(seed)
-    per, lv, nb = 8 // bits, 2**bits - 1, -(-c // group)
+    per, lv, nb = 16 // bits, 2**bits - 1, -(-c // group)
     q = jnp.asarray(rng.standard_normal((b, h * g, d)), dtype)
     bf = lambda x: jnp.asarray(x, jnp.bfloat16)  # noqa: E731
     codes = QuantCodes(
-        k_codes=jnp.asarray(rng.integers(0, 256, (b, h, c, d // per)), jnp.uint8),
+        k_codes=jnp.asarray(rng.integers(0, 2**16, (b, h, c, d // per)), jnp.uint16),
         k_scale=bf(rng.uniform(1.0, 4.0, (b, h, nb, d)) / lv),
         k_zero=bf(rng.uniform(-2.0, 0.0, (b, h, nb, d))),
-        v_codes=jnp.asarray(rng.integers(0, 256, (b, h, c, d // per)), jnp.uint8),
+        v_codes=jnp.asarray(rng.integers(0, 2**16, (b, h, c, d // per)), jnp.uint16),
         v_scale=bf(rng.uniform(1.0, 4.0, (b, h, c, d // group)) / lv),
         v_zero=bf(rng.uniform(-2.0, 0.0, (b, h, c, d // group))),
         valid=jnp.asarray(rng.random((b, h, c)) < 0.6))
@@ -81,17 +81,33 @@ def test_dequantize_matches_lcache_quant_ops():
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_unpack_codes_channel_order(bits):
-    x = jnp.asarray(np.random.default_rng(bits).integers(0, 256, (16, 8)), jnp.uint8)
-    np.testing.assert_array_equal(unpack_codes(x, bits), qo.unpack(x, bits))
+def test_planes_are_channel_blocks(bits):
+    """Plane ``k`` of the words is channels ``[kW, (k+1)W)`` of lcache's unpacked codes, and
+    the kernel's 'jnp' dequantization of it is ``code * scale + zero``."""
+    rng = np.random.default_rng(bits)
+    words = jnp.asarray(rng.integers(0, 2**16, (16, 8)), jnp.uint16)
+    codes = np.asarray(qo.unpack(words, bits))
+    np.testing.assert_array_equal(unpack(words, bits), codes)
+    scale = jnp.asarray(rng.uniform(0.1, 1.0, (1, 8)), jnp.float32)
+    zero = jnp.asarray(rng.uniform(-1.0, 0.0, (16, 1)), jnp.float32)
+    for k in range(16 // bits):
+        block = codes[:, 8 * k:8 * (k + 1)]
+        np.testing.assert_array_equal(plane(words, k, bits), block)
+        for cdt in (jnp.float32, jnp.bfloat16):
+            got = dequant(words, k, bits, scale, zero, cdt, "jnp")
+            want = (block * np.asarray(scale) + np.asarray(zero)).astype(cdt)
+            np.testing.assert_allclose(np.asarray(got, np.float32),
+                                       np.asarray(want, np.float32), rtol=1e-2, atol=1e-2)
 
 
 # (bits, D, G, dtype, C, block_k, num_splits, segments, atol): odd C (not a multiple of
-# block_k or of G), a partial last split, segments that need padding (N=4 -> 16 rows).
+# block_k or of G), a partial last split, segments that need padding (N=4 -> 16 rows), value
+# chunks of a whole group (int4, int8) and of half a group (int2 at G=32, int4 at G=32).
 GPU_CASES = [
-    (4, 32, 16, jnp.float32, 200, 32, 3, (4, 32), 1e-4),
-    (2, 64, 32, jnp.float32, 77, 32, None, (4,), 1e-4),
+    (4, 64, 16, jnp.float32, 200, 32, 3, (4, 32), 1e-4),
+    (2, 128, 32, jnp.float32, 77, 32, None, (4,), 1e-4),
     (8, 32, 16, jnp.bfloat16, 130, 16, 2, (), 4e-2),
+    (4, 64, 32, jnp.bfloat16, 100, 64, None, (4,), 4e-2),
 ]
 
 
@@ -126,16 +142,17 @@ def test_gpu_kernel_lowers_for_cuda():
 
 
 def test_ops_unsupported_group(monkeypatch):
-    q, codes, segments = make_case(5, 1, 1, 2, 40, 32, 4, 8, jnp.float32, (4,))  # G=8 < 16
+    q, codes, segments = make_case(5, 1, 1, 2, 40, 64, 4, 8, jnp.float32, (4,))  # G=8 < 16
     with pytest.raises(ValueError, match="G=8"):
         quant_decode_attention(q, codes, segments, impl="pallas")
-    monkeypatch.setattr(qops.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(dispatch.jax, "default_backend", lambda: "gpu")
     got = quant_decode_attention(q, codes, segments, impl="auto", interpret=True)  # logged
     np.testing.assert_array_equal(got, quant_decode_reference(q, codes, segments))
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(k_codes=jnp.zeros((1, 1, 40, 12), jnp.uint8)), "does not pack"),
+    (dict(k_codes=jnp.zeros((1, 1, 40, 12), jnp.uint16)), "does not pack"),
+    (dict(k_codes=jnp.zeros((1, 1, 40, 8), jnp.uint8)), "uint16"),
     (dict(v_scale=jnp.zeros((1, 1, 40, 3), jnp.bfloat16)), "v_scale"),
     (dict(valid=jnp.ones((1, 1, 41), bool)), "codes.valid"),
 ])

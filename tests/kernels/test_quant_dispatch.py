@@ -13,7 +13,7 @@ from kernel_helpers import compile_fast
 from lcache.attention.decode import decode_over_view, quantized_inputs
 from lcache.cache import Dense, StreamingLLM, quantized
 
-B, H, G, D = 2, 2, 2, 32
+B, H, G, D = 2, 2, 2, 64  # D >= 64: int4 rows of >= 16 code words
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "prefill", "steps"))
@@ -43,8 +43,10 @@ POLICIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_quantized_kernel_matches_dequantized_view(name):
+@pytest.mark.parametrize("name,sink", [("dense", False), ("streaming_llm", False),
+                                       ("dense", True)])
+def test_quantized_kernel_matches_dequantized_view(name, sink):
+    """``sink``: the gpt-oss 'sink_logit' variant, merged inside the kernel."""
     policy, prefill, steps = POLICIES[name]
     rng = np.random.default_rng(0)
     n = prefill + steps
@@ -52,12 +54,14 @@ def test_quantized_kernel_matches_dequantized_view(name):
          jnp.asarray(rng.standard_normal((B, H, n, D)), jnp.float32))
     state = _fill(policy, x, prefill, steps)
     q = jnp.asarray(rng.standard_normal((B, H * G, D)), jnp.float32)
+    kw = dict(variant="sink_logit", sink_logit=jnp.asarray(rng.normal(size=H * G) * 2,
+                                                           jnp.float32)) if sink else {}
 
     def attend(q, state, first, impl, quant):
         view = policy.view(state)
         view = dataclasses.replace(view, valid=view.valid & (view.key_pos >= first))
-        kw = dict(state=state, policy=policy) if quant else {}
-        return decode_over_view(q, view, None, impl=impl, **kw)
+        quant_kw = dict(state=state, policy=policy) if quant else {}
+        return decode_over_view(q, view, None, impl=impl, **quant_kw, **kw)
 
     want_fn = jax.jit(functools.partial(attend, impl="xla", quant=False))
     got_fn = compile_fast(functools.partial(attend, impl="pallas", quant=True), q, state,
@@ -67,8 +71,9 @@ def test_quantized_kernel_matches_dequantized_view(name):
         want, got = want_fn(q, state, first), got_fn(q, state, first)
         np.testing.assert_allclose(got[0], want[0], atol=2e-4, rtol=1e-3)
         np.testing.assert_allclose(got[1], want[1], atol=2e-5)
-        np.testing.assert_allclose(got[1].sum(-1), np.where(want[1].sum(-1) > 0, G, 0),
-                                   rtol=1e-4)
+        if not sink:  # a sink takes some of each head's probability
+            np.testing.assert_allclose(got[1].sum(-1), np.where(want[1].sum(-1) > 0, G, 0),
+                                       rtol=1e-4)
 
 
 def test_segments_partition_the_valid_slots():

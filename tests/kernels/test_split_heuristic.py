@@ -1,7 +1,9 @@
-"""The split-K cost model of ``pallas_kernels.decode.gpu`` (pure Python: no kernels run)."""
+"""The split-K cost model (``pallas_kernels.splits``) and the bf16 decode plan (pure Python:
+no kernels run)."""
 
 import pytest
 
+from pallas_kernels import splits as sp
 from pallas_kernels.decode import gpu
 
 SMS = 132
@@ -27,8 +29,8 @@ def test_more_splits_where_one_program_per_sm_lost():
 
 
 def test_cost_model_shape():
-    cost = lambda s, **kw: gpu.split_cost(64, 256, s, SMS, **kw)  # noqa: E731
+    cost = lambda s, **kw: sp.split_cost(64, 256, s, SMS, **kw)  # noqa: E731
     assert cost(4) < cost(2) < cost(1)  # 256 programs (2/SM) beat 128 (1/SM)
     assert cost(64) > cost(4)  # partial outputs and per-program overhead grow with splits
-    assert gpu.auto_num_splits(256, 1024, SMS) == 1  # B=32, 128K: already 2 per SM
-    assert gpu.occupancy(64 << 10) == 3 and gpu.occupancy(16 << 10) == 4
+    assert sp.auto_num_splits(256, 1024, SMS) == 1  # B=32, 128K: already 2 per SM
+    assert sp.occupancy(64 << 10) == 3 and sp.occupancy(16 << 10) == 4

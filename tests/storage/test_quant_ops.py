@@ -20,13 +20,15 @@ def _round_trip(x, bits, group, dtype):
 def test_pack_round_trip_and_size(bits):
     codes = np.random.default_rng(bits).integers(0, 2**bits, (3, 5, 64)).astype(np.uint8)
     packed = qo.pack(jnp.asarray(codes), bits)
-    assert packed.dtype == jnp.uint8 and packed.shape == (3, 5, 64 * bits // 8)
+    assert packed.dtype == jnp.uint16 and packed.shape == (3, 5, 64 * bits // 16)
     np.testing.assert_array_equal(qo.unpack(packed, bits), codes)
 
 
-def test_pack_layout_little_end_first():
-    assert int(qo.pack(jnp.asarray([1, 2], jnp.uint8), 4)[0]) == 0x21
-    assert int(qo.pack(jnp.asarray([3, 0, 1, 2], jnp.uint8), 2)[0]) == 0b10_01_00_11
+def test_pack_layout_bit_planes():
+    """Word ``j`` holds channel ``j + k * W`` in bits ``[k * bits, (k + 1) * bits)``."""
+    words = qo.pack(jnp.asarray([1, 2, 3, 4, 5, 6, 7, 8], jnp.uint8), 4)  # W = 2
+    assert [int(w) for w in words] == [0x7531, 0x8642]
+    assert [int(w) for w in qo.pack(jnp.asarray([200, 7], jnp.uint8), 8)] == [0x07C8]
 
 
 @pytest.mark.parametrize("scale_dtype", [jnp.bfloat16, jnp.float16])

@@ -99,7 +99,7 @@ def test_dense_in_order_is_kivi_with_exact_first_sinks():
     policy = quantized(inner, bits=2, group=8, residual=16, keep_sinks=3)
     x = _inputs(inner.capacity)
     st = _stream(policy, x)
-    assert st.k_codes.dtype == jnp.uint8 and st.k_codes.shape[-1] == D * 2 // 8
+    assert st.k_codes.dtype == jnp.uint16 and st.k_codes.shape[-1] == D * 2 // 16
     _check(policy, st, x, widened_keys=False, ref=_stream(inner, x))
     # 16 >= residual > 8 newest tokens stay exact (the ring flushes whole groups).
     assert int(policy.flush_point(st.seen)[0]) == 56
@@ -186,7 +186,7 @@ def test_bad_arguments(kw, match):
 def test_bad_dims_and_policies():
     with pytest.raises(ValueError, match="must divide value_dim"):
         quantized(Dense(64), group=32).init(1, 1, 64, value_dim=48)
-    with pytest.raises(ValueError, match="packed into bytes"):
+    with pytest.raises(ValueError, match="packed into 16-bit words"):
         quantized(Dense(64), bits=2, group=2, residual=0).init(1, 1, 6)
     with pytest.raises(ValueError, match="plain KVState"):
         quantized(_OtherState(64)).init(1, 1, 32)
