@@ -47,6 +47,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.trials = a["trials"] or c.trials
     c.max_new_tokens = 12  # " 50000." is 7 bytes; score = the first integer generated
     c.seed = 0
+    c.batch = 0  # prompts per micro-batch (0: a whole cell, depths x trials, at once)
+    c.threads = 8  # concurrent compilations before the grid runs
     c.compute_dtype = "float32"
     c.fast_compile = v == "smoke"  # XLA skips most optimisations: compiling dominates
     return c

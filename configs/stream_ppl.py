@@ -30,7 +30,7 @@ VARIANTS = {
 
 def model_dir(name: str) -> str:
     """``softmax`` -> ``models/softmax``; paths and the untrained smoke models ``random`` /
-    ``random-sink`` (``experiments.streaming.RANDOM_MODELS``) are kept as they are."""
+    ``random-sink`` (``lcache.eval.RANDOM_MODELS``) are kept as they are."""
     return name if "/" in name or name.startswith("random") else f"models/{name}"
 
 

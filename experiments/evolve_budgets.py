@@ -10,7 +10,7 @@ group-wise scheme: one CMA-ES per group, started from the incumbent, the other g
 a group's best replaces the incumbent only if it is fitter). Within a layer, SnapKV picks
 the tokens (registry spec ``snapkv(<config.snap>)``; the baselines' budgets come from
 ``pyramidkv`` / ``dynamickv`` with the same arguments). Fitness (minimised) on a small task
-set (``experiments.passkey.TaskSet``): ``log ppl`` of held-out continuations + passkey answer
+set (``lcache.eval.passkey.TaskSet``): ``log ppl`` of held-out continuations + passkey answer
 NLL - passkey accuracy. The result is compared with uniform, PyramidKV and DynamicKV budgets
 on the search set and on a test set (other texts and keys). Writes ``evolve.csv``
 (``method,split,budgets,ppl,answer_nll,accuracy,fitness``), ``evolve_history.csv`` and
@@ -29,10 +29,12 @@ import numpy as np
 from absl import logging
 from evosax.algorithms import CMA_ES
 
-from experiments import passkey, streaming
+from experiments.common import cli, experiment
 from lcache.analysis import plots
 from lcache.cache import registry, uniform
-from lcache.generate import pad_prompts
+from lcache.eval import Engine, ProgramCache, load_reference, markdown, pad_prompts, write_csv
+from lcache.eval.passkey import make_task_set, quality
+from lcache.eval.policies import policy_for_prompts
 
 
 def allocate(logits, total: int, minimum: int, quantum: int) -> tuple[int, ...]:
@@ -60,16 +62,16 @@ def fitness(q: dict) -> float:
 class Evaluator:
     """Quality of per-layer SnapKV budgets on one task set, memoised by budgets."""
 
-    def __init__(self, model, tok, task, c):
-        self.model, self.tok, self.task, self.c = model, tok, task, c
-        self.prompt_len = pad_prompts(task.prompts, passkey.PAD)[0].shape[1]
+    def __init__(self, engine: Engine, tok, task, c):
+        self.engine, self.tok, self.task, self.c = engine, tok, task, c
+        self.prompt_len = pad_prompts(task.prompts)[0].shape[1]
         self.memo: dict[tuple[int, ...], dict] = {}
 
     def __call__(self, budgets: tuple[int, ...]) -> dict:
         if budgets not in self.memo:
             spec = f"snapkv({self.c.snap})"
             policy = tuple(registry.build(spec, b, prompt_len=self.prompt_len) for b in budgets)
-            q, _ = passkey.quality(self.model, self.tok, self.task, spec, 0, self.c, policy)
+            q = quality(self.engine, self.tok, self.task, policy, self.c.max_new_tokens)
             self.memo[budgets] = dict(q, fitness=fitness(q))
         return self.memo[budgets]
 
@@ -117,21 +119,22 @@ def baseline(name: str, evaluate: Evaluator, model, c) -> tuple[tuple[int, ...],
     if name == "uniform":
         budgets = uniform(c.budget, model.cfg.num_layers)
     elif name in BASELINES:
-        policy = passkey.policy_for(f"{BASELINES[name]}({c.snap})", c.budget, model,
-                                    evaluate.task.prompts, c, 0)
+        policy = policy_for_prompts(evaluate.engine, f"{BASELINES[name]}({c.snap})", c.budget,
+                                    evaluate.task.prompts)
         budgets = tuple(p.budget for p in policy)
     else:
         raise ValueError(f"unknown baseline {name!r}; expected uniform, pyramid or dynamic")
     return budgets, evaluate(budgets)
 
 
-@streaming.experiment
+@experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
-    model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)
+    model, tok = load_reference(c.model_dir, c.compute_dtype)
+    engine = Engine.create(model, ProgramCache())  # this run's programs, reported at the end
     t = c.task
     span = t.num_texts * (t.text_len - 1)
-    sets = {split: Evaluator(model, tok, passkey.make_task_set(
+    sets = {split: Evaluator(engine, tok, make_task_set(
         tok, t.num_texts, t.text_len, t.prefix, t.context_len, t.depths, t.trials,
         c.seed + i, c.train_offset + i * span), c) for i, split in enumerate(("search", "test"))}
     allocate(np.zeros(model.cfg.num_layers), c.budget * model.cfg.num_layers, c.min_budget,
@@ -145,17 +148,18 @@ def run(c, workdir: str) -> list[dict]:
             rows.append(dict(method=name, split=split, budgets="-".join(map(str, budgets)), **q))
             logging.info("%s", rows[-1])
     os.makedirs(workdir, exist_ok=True)
-    streaming.write_csv(os.path.join(workdir, "evolve.csv"), rows)
-    streaming.write_csv(os.path.join(workdir, "evolve_history.csv"), history)
+    write_csv(os.path.join(workdir, "evolve.csv"), rows)
+    write_csv(os.path.join(workdir, "evolve_history.csv"), history)
     plots.plot_lines(np.arange(model.cfg.num_layers),
                      {f"{r['method']}": [int(b) for b in r["budgets"].split("-")]
                       for r in rows if r["split"] == "search"},
                      os.path.join(workdir, "evolve.png"), "layer", "budget (tokens)",
                      f"per-layer budgets, total {c.budget} x {model.cfg.num_layers}")
-    print(streaming.markdown(rows))
+    print(markdown(rows))
+    print(engine.report())
     print(f"wall time {time.time() - start:.0f} s")
     return rows
 
 
 if __name__ == "__main__":
-    streaming.cli(run, "configs/evolve_budgets.py:default")
+    cli(run, "configs/evolve_budgets.py:default")

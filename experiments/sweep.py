@@ -4,8 +4,9 @@
 
 For each policy spec (``lcache.cache.registry``; ``@intN`` = KIVI storage) and budget,
 one batch of prompts (held-out text prefixes and passkey prompts) is prefilled, then the text
-continuations and passkey answers are scored token by token (``experiments.passkey.quality``)
-and the passkeys generated greedily. Bytes are the cache's arrays for one sequence at bf16
+continuations and passkey answers are scored token by token and the passkeys generated greedily
+(``lcache.eval.passkey.quality``); compressing policies get no decode room beyond their budget,
+so the cache holds ``budget`` tokens. Bytes are the cache's arrays for one sequence at bf16
 (``lcache.cache.cache_bytes``: keys, values, codes, scales, residual ring, positions, scores).
 Writes ``sweep.csv`` (``policy,budget,cache_bytes,ppl,answer_nll,accuracy``) and ``sweep.png``.
 """
@@ -20,8 +21,11 @@ from absl import logging
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from experiments import passkey, streaming
+from experiments.common import cli, experiment
 from lcache.cache import Policy, cache_bytes, registry
+from lcache.eval import Engine, ProgramCache, load_reference, markdown, write_csv
+from lcache.eval.passkey import make_task_set, quality
+from lcache.eval.policies import policy_for_prompts
 
 
 def policy_bytes(policy, cfg) -> int:
@@ -67,30 +71,35 @@ def plot(rows: list[dict], path: str) -> str:
     return path
 
 
-@streaming.experiment
+@experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
-    model, tok = streaming.load_reference(c.model_dir, c.compute_dtype)
-    task = passkey.make_task_set(tok, c.num_texts, c.text_len, c.prefix, c.context_len,
-                                 c.depths, c.trials, c.seed, c.offset)
+    model, tok = load_reference(c.model_dir, c.compute_dtype)
+    task = make_task_set(tok, c.num_texts, c.text_len, c.prefix, c.context_len, c.depths,
+                         c.trials, c.seed, c.offset)
     for kind in c.policies:  # fail before any work on a budget a policy cannot hold
         for budget in c.budgets:
             registry.check(kind, budget, prompt_len=c.prefix, num_layers=model.cfg.num_layers)
+    engine = Engine.create(model, ProgramCache())  # this run's programs, reported at the end
     rows = []
     for kind in c.policies:
-        for budget in [0] if kind.startswith("dense") else c.budgets:
-            q, policy = passkey.quality(model, tok, task, kind, budget, c)
+        dense = registry.parse(kind).name == "dense"
+        room = max(task.continuation_len, c.max_new_tokens) if dense else 0
+        for budget in [0] if dense else c.budgets:
+            policy = policy_for_prompts(engine, kind, budget, task.prompts, max_new=room)
+            q = quality(engine, tok, task, policy, c.max_new_tokens)
             rows.append(dict(policy=kind, budget=budget, cache_bytes=policy_bytes(policy,
                                                                                   model.cfg),
                              **q))
             logging.info("%s: %s (%.0f s)", kind, rows[-1], time.time() - start)
     os.makedirs(workdir, exist_ok=True)
-    streaming.write_csv(os.path.join(workdir, "sweep.csv"), rows)
+    write_csv(os.path.join(workdir, "sweep.csv"), rows)
     plot(rows, os.path.join(workdir, "sweep.png"))
-    print(streaming.markdown(rows))
+    print(markdown(rows))
+    print(engine.report())
     print(f"wall time {time.time() - start:.0f} s")
     return rows
 
 
 if __name__ == "__main__":
-    streaming.cli(run, "configs/sweep.py:default")
+    cli(run, "configs/sweep.py:default")

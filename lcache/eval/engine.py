@@ -133,6 +133,7 @@ class Engine:
         padded to ``score_to`` tokens) runs for ``batch`` rows padded to ``pad_to`` tokens."""
         bits = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
         forced = _spec((batch, score_to)) if score_to else None
+        policy, _ = check_generation(self.cfg, policy, sampling)
         return [self._generate(policy, sampling, _spec((batch, pad_to)), _spec((batch,)),
                                _spec(bits.shape, bits.dtype), forced)]
 

@@ -7,6 +7,7 @@ import numpy as np
 from configs.sweep import get_config
 from experiments import sweep
 from lcache.cache import registry
+from lcache.eval import load_reference
 
 
 def test_smoke_end_to_end(tmp_path):
@@ -22,7 +23,7 @@ def test_smoke_end_to_end(tmp_path):
 
 def test_policy_bytes_count_every_layer():
     cfg = get_config("smoke")
-    model, _ = sweep.streaming.load_reference(cfg.model_dir)
+    model, _ = load_reference(cfg.model_dir)
     policy = registry.build("snapkv(window=8,kernel=7,pool=max)", 32, prompt_len=64)
     one = sweep.policy_bytes(policy, model.cfg)
     per_layer = sweep.policy_bytes((policy,) * model.cfg.num_layers, model.cfg)
