@@ -88,6 +88,7 @@ def test_per_layer_budgets_keep_the_mean():
 
 def test_spec_is_canonical():
     assert registry.spec(SnapKV(64, decode_capacity=0)) == "snapkv(decode=0)"  # always written
+    assert registry.spec(SnapKV(64)) == "snapkv"  # None: room sized by the context's max_new
     assert registry.spec(StreamingLLM(window=60)) == "streaming_llm"
     assert registry.spec(H2O(heavy=3, recent=1)) == "h2o(recent=0.25)"
     built = registry.build(" snapkv( window = 8 , pool=max ) @ int4 + sinks4 ", B, **CTX)
