@@ -13,8 +13,9 @@ KVSink as implemented: a full-precision forward of the prompt; a token's sink sc
 largest |hidden| after block ``sink_layer``; the top N prompt tokens stay in bf16 in every layer.
 The paper reads fixed, model-specific outlier channels and protects the layers after that block.
 
-Writes to ``--workdir``: ``quant.csv`` (storage,bits,keep_sinks,bytes_per_token,ppl; bits = 16
-for bf16) and ``config.json``.
+Writes to ``--workdir``: ``quant.csv`` (policy,storage,bits,keep_sinks,bytes_per_token,ppl;
+policy = the registry spec, e.g. ``dense@int2(group=8,residual=16)+kvsink4``; bits = 16 for
+bf16) and ``config.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from lcache.cache import Dense, Quantized
+from lcache.cache import Dense, Quantized, registry
 from lcache.cache.bytes import cache_bytes_per_token
 from lcache.checkpoint import load_model
 from lcache.data import ByteTokenizer, eval_batches, list_files, load_tokens, split_files
@@ -38,7 +39,7 @@ from lcache.model import ModelConfig, Transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quant.py:smoke")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
-COLUMNS = ("storage", "bits", "keep_sinks", "bytes_per_token", "ppl")
+COLUMNS = ("policy", "storage", "bits", "keep_sinks", "bytes_per_token", "ppl")
 
 
 def load(c):
@@ -96,7 +97,7 @@ def evaluate(c, model, windows) -> list[dict]:
         nll = sum(float(x[1:].sum()) for x in engine.continuation_nll(prompts, decoded, policy,
                                                                        batch=c.batch))
         ppl = math.exp(nll / (len(windows) * (c.seq_len - c.prefill_len)))
-        row = dict(storage=storage, bits=bits, keep_sinks=sinks,
+        row = dict(policy=registry.spec(policy), storage=storage, bits=bits, keep_sinks=sinks,
                    bytes_per_token=cache_bytes_per_token(cfg, policy,
                                                          dtype=jnp.dtype(c.cache_dtype)),
                    ppl=ppl)
