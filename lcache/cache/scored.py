@@ -8,6 +8,10 @@ rotated at their original positions (``rope_mode = 'original'``).
 Decode is insert-then-attend: ``append`` writes the new token (always kept) over the
 lowest-priority unprotected slot when the cache is full, then attention runs over the view and
 ``observe`` feeds its probabilities back.
+
+Budget as data: ``block_slots`` marks ``BLOCKED`` slots a row may never use, so rows of one
+batch (one compiled program) keep different budgets below the capacity; a blocked slot ranks
+above every candidate (never evicted, so never written) and is not valid (never attended).
 """
 
 from __future__ import annotations
@@ -19,7 +23,23 @@ import jax.numpy as jnp
 
 from lcache.cache.base import Policy, write_slots
 from lcache.cache.selection import evict, keep_top, priority, select
-from lcache.cache.state import KVState
+from lcache.cache.state import EMPTY, KVState
+
+BLOCKED = -2  # ``pos`` of a slot a row may never use (``block_slots``)
+
+
+def block_slots(state: KVState, surplus_B) -> KVState:
+    """Block the last ``surplus [B]`` empty slots of each row and head: the row keeps
+    ``budget - surplus`` tokens in a cache built for ``budget``."""
+    empty = state.pos == EMPTY
+    from_end = jnp.cumsum(empty[..., ::-1], axis=-1)[..., ::-1]  # empty slots at or after
+    blocked = empty & (from_end <= jnp.asarray(surplus_B)[:, None, None])
+    return dataclasses.replace(state, pos=jnp.where(blocked, BLOCKED, state.pos))
+
+
+def _unevictable(priority_BHC, pos_BHC):
+    """Slot priorities with ``BLOCKED`` slots above every candidate."""
+    return jnp.where(pos_BHC == BLOCKED, jnp.inf, priority_BHC)
 
 
 def newest_pos(state: KVState, pos_BT):
@@ -67,8 +87,8 @@ class ScoredPolicy(Policy):
         seen = jnp.maximum(state.seen, newest[:, 0, 0] + 1)
         window = self.recent_protected()
         pos_bht = jnp.broadcast_to(pos[:, None, :], chunk_score.shape)
-        slot_pri = priority(self.rank(slot_score, state.pos, state.values, seen), state.valid,
-                            state.pos > newest - window)
+        slot_pri = _unevictable(priority(self.rank(slot_score, state.pos, state.values, seen),
+                                         state.valid, state.pos > newest - window), state.pos)
         new_pri = priority(self.rank(chunk_score, pos_bht, values, seen), pos_bht >= 0,
                            force_new | (pos_bht > newest - window))
         dest, kept = select(slot_pri, new_pri, keep, state.pos, pos_bht)
@@ -83,8 +103,9 @@ class ScoredPolicy(Policy):
     def prune(self, state: KVState, keep: int, rows_B) -> KVState:
         """Keep the top ``keep`` slots (recent positions protected) in rows where ``rows_B``."""
         newest = (state.seen - 1)[:, None, None]
-        pri = priority(self.rank(state.score, state.pos, state.values, state.seen), state.valid,
-                       state.pos > newest - self.recent_protected())
+        pri = _unevictable(priority(self.rank(state.score, state.pos, state.values, state.seen),
+                                    state.valid, state.pos > newest - self.recent_protected()),
+                           state.pos)
         return evict(state, keep_top(pri, keep, state.pos) | ~rows_B[:, None, None])
 
 

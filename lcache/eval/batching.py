@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from lcache.cache import Dense, Policy, layer_policies, reserve_decode_room
+from lcache.cache import Dense, Policy, ScoredPolicy, layer_policies, reserve_decode_room
 from lcache.sampling import Sampling
 
 
@@ -77,6 +77,26 @@ def check_fits(cfg, policy: Policy | Sequence[Policy], prompt_len: int, max_new:
         if isinstance(p, Dense) and p.capacity < need:
             raise ValueError(f"Dense(max_len={p.capacity}) cannot hold {prompt_len} prompt + "
                              f"{max_new} new + {cfg.num_sink_tokens} sink tokens = {need}")
+
+
+def row_surplus(policy, budgets: Sequence[int], num_rows: int) -> np.ndarray:
+    """Budget as data: ``[N]`` int32 slots each row leaves unused so that row ``i`` keeps
+    ``budgets[i]`` tokens under ``policy``, one score-based policy (H2O, SnapKV, TOVA, ...)
+    built for the largest budget; its protected window stays, the rest shrinks."""
+    if not isinstance(policy, ScoredPolicy):
+        raise ValueError(f"budgets as data need one score-based policy (ScoredPolicy: H2O, "
+                         f"SnapKV, TOVA, KeyNorm, Random, ValueAware), got {policy!r:.200}")
+    budgets = np.asarray(budgets)
+    if budgets.shape != (num_rows,) or not np.issubdtype(budgets.dtype, np.integer):
+        raise ValueError(f"budgets must be {num_rows} integers, one per prompt, got "
+                         f"{budgets.dtype.name} values of shape {budgets.shape}")
+    full = getattr(policy, "budget", policy.capacity)
+    least = max(policy.recent_protected(), 1)
+    bad = budgets[(budgets < least) | (budgets > full)]
+    if bad.size:
+        raise ValueError(f"budget {bad[0]} outside [{least}, {full}]: {policy!r:.120} holds at "
+                         f"most {full} tokens and protects its {least} newest")
+    return (full - budgets).astype(np.int32)
 
 
 def micro_batches(num_rows: int, batch: int | None) -> Iterator[tuple[int, int]]:

@@ -32,6 +32,7 @@ from lcache.eval.batching import (
     fill_rows,
     micro_batches,
     pad_prompts,
+    row_surplus,
 )
 from lcache.eval.compiled import Job, ProgramCache, abstract, signature
 from lcache.model import ModelConfig
@@ -120,42 +121,46 @@ class Engine:
         return abstract(jax.eval_shape(fn, self.params))
 
     # -- generation --------------------------------------------------------------------------
-    def _generate(self, policy, sampling, tokens, lengths, bits, forced=None) -> Job:
+    def _generate(self, policy, sampling, tokens, lengths, bits, surplus, forced) -> Job:
         static = dict(policy=policy, sampling=sampling, cache_dtype=self.cache_dtype,
                       sink_layer=self.sink_layer)
         if forced is None:
-            return Job.of(programs.generate, tokens, lengths, bits, **static)
-        return Job.of(programs.generate_scored, tokens, lengths, bits, forced, **static)
+            return Job.of(programs.generate, tokens, lengths, bits, surplus, **static)
+        return Job.of(programs.generate_scored, tokens, lengths, bits, surplus, forced, **static)
 
     def generate_jobs(self, policy, sampling: Sampling, *, pad_to: int, batch: int,
-                      score_to: int = 0) -> list[Job]:
+                      score_to: int = 0, row_budgets: bool = False) -> list[Job]:
         """The program ``generate`` (``score_to = 0``) or ``generate_scored`` (references
-        padded to ``score_to`` tokens) runs for ``batch`` rows padded to ``pad_to`` tokens."""
+        padded to ``score_to`` tokens) runs for ``batch`` rows padded to ``pad_to`` tokens
+        (``row_budgets``: called with ``budgets``)."""
         bits = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
         forced = _spec((batch, score_to)) if score_to else None
+        surplus = _spec((batch,)) if row_budgets else None
         policy, _ = check_generation(self.cfg, policy, sampling)
         return [self._generate(policy, sampling, _spec((batch, pad_to)), _spec((batch,)),
-                               _spec(bits.shape, bits.dtype), forced)]
+                               _spec(bits.shape, bits.dtype), surplus, forced)]
 
     def generate(self, prompts: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
                  sampling: Sampling | None = None, *, pad_to: int | None = None,
-                 batch: int | None = None, seed: int = 0, pad_multiple: int = 16
-                 ) -> list[np.ndarray]:
+                 batch: int | None = None, seed: int = 0, pad_multiple: int = 16,
+                 budgets: Sequence[int] | None = None) -> list[np.ndarray]:
         """Continuations of token-id ``prompts`` under ``policy`` -> one int32 array per prompt
         (cut after ``sampling.eos_id``; ``sampling=None``: greedy, 32 tokens).
 
         Prompts are right-padded to ``pad_to`` (default: the longest, rounded up to
         ``pad_multiple``) and run ``batch`` rows at a time (default: all at once); the last
         micro-batch is filled with dummy rows that are dropped. Micro-batch ``i`` samples with
-        ``fold_in(key(seed), i)``.
+        ``fold_in(key(seed), i)``. ``budgets`` (one per prompt, score-based policies built for
+        the largest): budget as data, every budget in one program (``row_surplus``).
         """
         return self._generate_rows(prompts, None, policy, sampling, pad_to, batch, seed,
-                                   pad_multiple)[0]
+                                   pad_multiple, budgets)[0]
 
     def generate_scored(self, prompts: Sequence[Sequence[int]],
                         references: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
                         sampling: Sampling | None = None, *, pad_to: int | None = None,
-                        batch: int | None = None, seed: int = 0, pad_multiple: int = 16
+                        batch: int | None = None, seed: int = 0, pad_multiple: int = 16,
+                        budgets: Sequence[int] | None = None
                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """``generate`` plus the teacher-forced NLL (float32 nats) of each prompt's
         ``reference`` continuation (e.g. the true answer: a graded signal where accuracy is 0
@@ -165,12 +170,12 @@ class Engine:
             raise ValueError("need one non-empty reference per prompt")
         forced, _ = pad_prompts(references, pad_multiple)
         out, nll = self._generate_rows(prompts, (forced, max(map(len, references))), policy,
-                                       sampling, pad_to, batch, seed, pad_multiple)
+                                       sampling, pad_to, batch, seed, pad_multiple, budgets)
         return out, [x[: len(r)].astype(np.float32) for x, r in zip(nll, references,
                                                                     strict=True)]
 
     def _generate_rows(self, prompts, scored, policy, sampling, pad_to, batch, seed,
-                       pad_multiple) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                       pad_multiple, budgets) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Shared by ``generate`` and ``generate_scored`` (``scored``: None or the padded
         references ``[N, D]`` and their longest real length)."""
         sampling = sampling or Sampling()
@@ -181,13 +186,13 @@ class Engine:
             check_tokens(forced, self.cfg.vocab_size)
         policy, new_tokens = check_generation(self.cfg, policy, sampling, longest)
         check_fits(self.cfg, policy, int(lengths.max()), new_tokens)
+        surplus = None if budgets is None else row_surplus(policy, budgets, len(tokens))
         out, nll = [], []
         for i, (start, stop) in enumerate(micro_batches(len(tokens), batch)):
             rows = stop - start if batch is None else batch
-            part = None if forced is None else fill_rows(forced[start:stop], rows)
-            res = self.run(self._generate(policy, sampling, fill_rows(tokens[start:stop], rows),
-                                          fill_rows(lengths[start:stop], rows),
-                                          _key_bits(seed, i), part))
+            fill = lambda x, a=start, b=stop, n=rows: None if x is None else fill_rows(x[a:b], n)
+            res = self.run(self._generate(policy, sampling, fill(tokens), fill(lengths),
+                                          _key_bits(seed, i), fill(surplus), fill(forced)))
             toks = res if forced is None else res[0]
             out.extend(np.asarray(toks)[: stop - start])
             if forced is not None:

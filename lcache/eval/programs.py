@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lcache.cache import Policy
+from lcache.cache.scored import block_slots
 from lcache.cache.sinks import WithSinkScore, outlier_score
 from lcache.sampling import sample_logits
 
@@ -73,11 +74,14 @@ def decode_nll(graphdef, params, caches, inputs_TB, targets_TB, pos_TB, *, polic
     return jax.lax.scan(step, caches, (inputs_TB, targets_TB, pos_TB))
 
 
-def _prompt_logits(model, tokens_BT, lengths_B, policy, cache_dtype, sink_layer):
+def _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype, sink_layer):
     """Prefill right-padded prompts into fresh caches -> (logits after each prompt's last token
-    ``[B, V]``, caches)."""
+    ``[B, V]``, caches). ``surplus [B]`` (or None): slots each row of a score-based policy
+    leaves blocked, its budget below the policy's (budget as data)."""
     b, t = tokens_BT.shape
     caches = model.init_cache(policy, b, None if cache_dtype is None else jnp.dtype(cache_dtype))
+    if surplus_B is not None:
+        caches = [block_slots(c, surplus_B) for c in caches]
     logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, t), caches,
                                    with_sink_scores(model, tokens_BT, policy, sink_layer))
     return jnp.take_along_axis(logits, (lengths_B - 1)[:, None, None], axis=1)[:, 0], caches
@@ -124,22 +128,25 @@ def _forced_nll(model, last_BV, caches, lengths_B, forced_BD, policy):
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
-def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, *, policy, sampling, cache_dtype,
-             sink_layer):
+def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, surplus_B, *, policy, sampling,
+             cache_dtype, sink_layer):
     """Prefill right-padded prompts ``tokens [B, T]`` of ``lengths [B]``, then sample
     ``[B, sampling.max_new_tokens]`` int32 tokens (``eos_id`` after a row's end).
-    ``rng_bits``: ``jax.random.key_data`` of the sampling key."""
+    ``rng_bits``: ``jax.random.key_data`` of the sampling key; ``surplus [B]`` or None: see
+    ``_prompt_logits``."""
     model = nnx.merge(graphdef, params)
-    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy, cache_dtype, sink_layer)
+    last, caches = _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype,
+                                  sink_layer)
     return _sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling)
 
 
-def generate_scored(graphdef, params, tokens_BT, lengths_B, rng_bits, forced_BD, *, policy,
-                    sampling, cache_dtype, sink_layer):
+def generate_scored(graphdef, params, tokens_BT, lengths_B, rng_bits, surplus_B, forced_BD, *,
+                    policy, sampling, cache_dtype, sink_layer):
     """``generate`` plus the teacher-forced NLL ``[B, D]`` of ``forced [B, D]`` (a reference
     answer) from the same prefill: one program instead of a generation and a scoring one."""
     model = nnx.merge(graphdef, params)
-    last, caches = _prompt_logits(model, tokens_BT, lengths_B, policy, cache_dtype, sink_layer)
+    last, caches = _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype,
+                                  sink_layer)
     return (_sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling),
             _forced_nll(model, last, caches, lengths_B, forced_BD, policy))
 
