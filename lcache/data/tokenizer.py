@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from lcache.files import read_json
+
 META_FILENAME = "tokenizer_meta.json"
 BPE_FILENAME = "tokenizer.json"
 BPE_SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>")
@@ -252,8 +254,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     meta_path = os.path.join(directory, META_FILENAME)
     if not os.path.isfile(meta_path):
         raise ValueError(f"no {META_FILENAME} in {os.fspath(directory)!r}")
-    with open(meta_path, encoding="utf-8") as f:
-        kind = json.load(f).get("kind")
+    kind = read_json(meta_path).get("kind")
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":

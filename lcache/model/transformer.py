@@ -66,6 +66,15 @@ class Transformer(nnx.Module):
                 INIT_STD * jax.random.normal(rngs.params(), (cfg.num_sink_tokens, cfg.dim)))
 
     # -- pieces --------------------------------------------------------------------------------
+    def _check_ids(self, where: str, tokens) -> None:
+        """Concrete (eager) token ids must be in the vocabulary; traced ones are checked on the
+        host by the callers (``generate``, the engine)."""
+        ids = v.concrete(tokens)
+        bad = None if ids is None else ids[(ids < 0) | (ids >= self.cfg.vocab_size)]
+        if bad is not None and bad.size:
+            raise ValueError(f"{where}: token id {int(bad.flat[0])} outside the vocabulary "
+                             f"[0, {self.cfg.vocab_size})")
+
     def _embed(self, tokens):
         bad = (tokens < 0) | (tokens >= self.cfg.vocab_size)
         tokens = jnp.where(bad, 0, tokens)  # ids are validated on the host by the callers
@@ -159,6 +168,7 @@ class Transformer(nnx.Module):
         shape = v.check_array("Transformer.prefill", "tokens", tokens_BT, "B T", (None, None),
                               "int")
         v.check_array("Transformer.prefill", "pos", pos_BT, "B T", shape, "int")
+        self._check_ids("Transformer.prefill", tokens_BT)
         k = self.cfg.num_sink_tokens
         pos = jnp.where(pos_BT >= 0, pos_BT + k, -1)
         x, caches = self._prefill_embedded(self._embed(tokens_BT), pos, caches, policies)
@@ -170,6 +180,7 @@ class Transformer(nnx.Module):
         _check_caches(caches, self.cfg.num_layers)
         shape = v.check_array("Transformer.decode", "token", token_B, "B", (None,), "int")
         v.check_array("Transformer.decode", "pos", pos_B, "B", shape, "int")
+        self._check_ids("Transformer.decode", token_B)
         x = self._embed(token_B[:, None])
         pos = pos_B + self.cfg.num_sink_tokens
         new = []

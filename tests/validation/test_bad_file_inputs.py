@@ -63,6 +63,8 @@ EXPORTS = [
     ("bad_rope_theta", lambda d: edit_json(d / "config.json",
                                            model=dict(CFG.to_dict(), rope_theta=0)),
      ValueError, r"config\.json: ModelConfig\.rope_theta must be > 0"),
+    ("corrupt_tokenizer_meta", lambda d: (d / "tokenizer_meta.json").write_text("{"),
+     ValueError, r"tokenizer_meta\.json: not valid JSON"),
     ("truncated_weights", lambda d: truncate(d / "params.safetensors"), ValueError,
      r"params\.safetensors: not a readable safetensors file, truncated or corrupt"),
     ("missing_weights", lambda d: (d / "params.safetensors").unlink(), FileNotFoundError,
