@@ -29,6 +29,12 @@ def signature(args) -> tuple:
     return tree, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
 
 
+def spec(shape, dtype="int32") -> jax.ShapeDtypeStruct:
+    """An abstract array of ``shape`` and ``dtype`` (an argument of an ahead-of-time job)."""
+    return jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype) if isinstance(dtype, str)
+                                else dtype)
+
+
 def abstract(args):
     """``jax.ShapeDtypeStruct`` leaves of ``args`` (for ahead-of-time lowering)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), args)

@@ -8,22 +8,22 @@ prefill under any cache policy, keyed by (policy, static shapes) and counted.
 
 Prompts of different lengths share one program when they share ``pad_to`` and ``batch``;
 ``precompile(jobs, threads)`` compiles many (policy, shape) programs concurrently before a sweep.
+Generation and prefill live here, teacher-forced scoring in ``nll.TeacherForced``, the program
+bodies in ``programs``, compilation and its statistics in ``compiled``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
 
-from lcache.cache import Dense, Policy
+from lcache.cache import Policy
 from lcache.eval import programs
 from lcache.eval.batching import (
     check_fits,
@@ -34,15 +34,12 @@ from lcache.eval.batching import (
     pad_prompts,
     row_surplus,
 )
-from lcache.eval.compiled import Job, ProgramCache, abstract, signature
+from lcache.eval.compiled import Job, ProgramCache, abstract, signature, spec
+from lcache.eval.nll import TeacherForced
 from lcache.model import ModelConfig
 from lcache.sampling import Sampling
 
 SHARED = ProgramCache()  # engines created without their own cache share these programs
-
-
-def _spec(shape, dtype=jnp.int32) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
 
 
 def _key_bits(seed: int, index: int) -> np.ndarray:
@@ -57,7 +54,7 @@ def _cut_at_eos(row: np.ndarray, eos_id: int | None) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Engine:
+class Engine(TeacherForced):
     """A model split into ``graphdef`` (static) and ``params`` (arrays) plus its compiled
     programs (``programs``, shared by default). Frozen: a snapshot of the weights.
 
@@ -134,11 +131,11 @@ class Engine:
         padded to ``score_to`` tokens) runs for ``batch`` rows padded to ``pad_to`` tokens
         (``row_budgets``: called with ``budgets``)."""
         bits = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
-        forced = _spec((batch, score_to)) if score_to else None
-        surplus = _spec((batch,)) if row_budgets else None
+        forced = spec((batch, score_to)) if score_to else None
+        surplus = spec((batch,)) if row_budgets else None
         policy, _ = check_generation(self.cfg, policy, sampling)
-        return [self._generate(policy, sampling, _spec((batch, pad_to)), _spec((batch,)),
-                               _spec(bits.shape, bits.dtype), surplus, forced)]
+        return [self._generate(policy, sampling, spec((batch, pad_to)), spec((batch,)),
+                               spec(bits.shape, bits.dtype), surplus, forced)]
 
     def generate(self, prompts: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
                  sampling: Sampling | None = None, *, pad_to: int | None = None,
@@ -203,9 +200,9 @@ class Engine:
     def prefill_jobs(self, policy, *, pad_to: int, batch: int) -> list[Job]:
         """The programs ``prefill`` and ``continuation_nll`` start with (fresh caches, then one
         chunk of ``pad_to`` tokens)."""
-        spec = _spec((batch, pad_to))
+        tokens = spec((batch, pad_to))
         return [self._init_cache(policy, batch),
-                self._prefill(policy, self._cache_specs(policy, batch), spec, spec, spec)]
+                self._prefill(policy, self._cache_specs(policy, batch), tokens, tokens, tokens)]
 
     def _prefill_rows(self, policy, tokens, lengths, targets):
         """Fresh caches, one prefill of right-padded rows -> ``(nll [B, T], caches)``."""
@@ -230,135 +227,6 @@ class Engine:
             parts.append(jax.tree.map(lambda x, n=stop - start: np.asarray(x)[:n], caches))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
-    # -- teacher-forced NLL ------------------------------------------------------------------
-    def decode_nll_jobs(self, policy, *, batch: int, chunk: int) -> list[Job]:
-        """The programs ``stream_nll`` runs for ``batch`` rows, ``chunk`` steps per call."""
-        spec = _spec((chunk, batch))
-        return [self._init_cache(policy, batch),
-                Job.of(programs.decode_nll, self._cache_specs(policy, batch), spec, spec, spec,
-                       donate=(0,), policy=policy)]
-
-    def decode_nll(self, caches, tokens_BT, pos0_B, policy, chunk: int = 1024,
-                   label: str = "decode") -> tuple[list, np.ndarray]:
-        """Feed ``tokens [B, T]`` one decode step at a time at positions ``pos0 [B] + t`` into
-        ``caches``, scoring each next token -> ``(caches, nll [B, T - 1])`` float32 nats.
-
-        ``chunk`` steps run per call in one compiled scan (the last chunk is padded after every
-        scored token, so the padding changes nothing that is returned).
-        """
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
-        tokens = np.asarray(tokens_BT, np.int32)
-        check_tokens(tokens, self.cfg.vocab_size)
-        b, t = tokens.shape
-        n = t - 1
-        steps = -(-n // chunk) * chunk
-        inputs = np.zeros((steps, b), np.int32)
-        targets = np.zeros((steps, b), np.int32)
-        inputs[:n], targets[:n] = tokens[:, :-1].T, tokens[:, 1:].T
-        pos = np.asarray(pos0_B, np.int32)[None, :] + np.arange(steps, dtype=np.int32)[:, None]
-        out, start = [], time.perf_counter()
-        for s in range(0, steps, chunk):
-            caches, nll = self.run(Job.of(programs.decode_nll, caches, inputs[s:s + chunk],
-                                          targets[s:s + chunk], pos[s:s + chunk], donate=(0,),
-                                          policy=policy))
-            out.append(np.asarray(nll))
-            done = min(s + chunk, n)
-            logging.info("%s %d/%d tokens, %.1f tok/s", label, done, n,
-                         done / (time.perf_counter() - start))
-        return caches, np.concatenate(out)[:n].T.astype(np.float32)
-
-    def stream_nll(self, stream, policy, chunk: int = 1024, label: str = "stream") -> np.ndarray:
-        """Token-by-token streaming (the StreamingLLM evaluation) of ``stream [N + 1]`` (BOS
-        first) under ``policy`` -> ``nll [N]``: step ``i`` feeds ``stream[i]`` at position
-        ``i`` and scores ``stream[i + 1]``."""
-        caches = self.init_cache(policy, 1)
-        _, nll = self.decode_nll(caches, np.asarray(stream)[None], np.zeros(1, np.int32),
-                                 policy, chunk, label)
-        return nll[0]
-
-    def continuation_nll(self, prompts: Sequence[Sequence[int]],
-                         continuations: Sequence[Sequence[int]], policy, *,
-                         pad_to: int | None = None, batch: int | None = None,
-                         pad_multiple: int = 16) -> list[np.ndarray]:
-        """Prefill each prompt under ``policy`` (a compressing policy compresses once, after the
-        prompt), then feed its continuation one decode step at a time -> per row
-        ``nll [len(continuation)]`` float32 nats. Continuations are padded to a multiple of
-        ``pad_multiple`` steps, so lengths that round alike share one program."""
-        if len(prompts) != len(continuations) or min(map(len, continuations)) < 1:
-            raise ValueError("need one non-empty continuation per prompt")
-        tokens, lengths = pad_prompts(prompts, pad_multiple, pad_to=pad_to)
-        cont, _ = pad_prompts(continuations, pad_multiple)
-        check_tokens(cont, self.cfg.vocab_size)
-        check_tokens(tokens, self.cfg.vocab_size)
-        check_fits(self.cfg, policy, int(lengths.max()), max(map(len, continuations)) - 1)
-        out = []
-        for start, stop in micro_batches(len(tokens), batch):
-            rows = stop - start if batch is None else batch
-            tok, lens, c = (fill_rows(x[start:stop], rows) for x in (tokens, lengths, cont))
-            targets = np.zeros_like(tok)
-            targets[np.arange(rows), lens - 1] = c[:, 0]
-            nll, caches = self._prefill_rows(policy, tok, lens, targets)
-            first = np.asarray(nll)[np.arange(rows), lens - 1]
-            _, rest = self.decode_nll(caches, c, lens, policy, chunk=c.shape[1] - 1,
-                                      label="continuation")
-            out.extend(np.concatenate([first[:, None], rest], axis=1)[: stop - start])
-        return [row[: len(c)].astype(np.float32) for row, c in zip(out, continuations,
-                                                                   strict=True)]
-
-    def dense_nll(self, stream, chunk: int = 512, label: str = "dense") -> np.ndarray:
-        """Full attention over all of ``stream [N + 1]`` -> ``nll [N]``: a ``Dense`` cache
-        filled by chunked prefill, i.e. token-by-token decoding computed ``chunk`` queries at a
-        time (nothing is evicted and keys keep their positions, so the result is the same)."""
-        stream = np.asarray(stream, np.int32)
-        check_tokens(stream, self.cfg.vocab_size)
-        n = stream.size - 1
-        steps = -(-n // chunk) * chunk
-        policy = Dense(steps + self.cfg.num_sink_tokens)
-        tokens = np.zeros((1, steps), np.int32)
-        targets = np.zeros((1, steps), np.int32)
-        tokens[0, :n], targets[0, :n] = stream[:-1], stream[1:]
-        pos = np.where(np.arange(steps) < n, np.arange(steps), -1).astype(np.int32)[None]
-        caches = self.init_cache(policy, 1)
-        out, start = [], time.perf_counter()
-        for s in range(0, steps, chunk):
-            nll, caches = self.run(self._prefill(policy, caches, tokens[:, s:s + chunk],
-                                                 pos[:, s:s + chunk], targets[:, s:s + chunk]))
-            out.append(np.asarray(nll[0]))
-            done = min(s + chunk, n)
-            logging.info("%s %d/%d tokens, %.1f tok/s", label, done, n,
-                         done / (time.perf_counter() - start))
-        return np.concatenate(out)[:n].astype(np.float32)
-
-    def recompute_nll(self, stream, window: int, stride: int = 1, batch: int = 32,
-                      label: str = "recompute") -> np.ndarray:
-        """Sliding window with re-computation (the StreamingLLM paper's baseline): target ``i``
-        of ``stream [N + 1]`` is scored by a fresh full forward over the last ``window`` tokens
-        ``stream[i - window + 1 : i + 1]`` at positions ``0..window-1`` (plus the model's own
-        sink tokens), ``batch`` windows per forward. Only every ``stride``-th target is scored
-        (``recompute_targets``) -> ``nll [N]`` with NaN elsewhere."""
-        if window < 1:
-            raise ValueError(f"recompute window must be >= 1, got {window}")
-        stream = np.asarray(stream, np.int32)
-        check_tokens(stream, self.cfg.vocab_size)
-        n = stream.size - 1
-        idx = recompute_targets(n, stride)
-        width = min(window, n)
-        nll = np.full(n, np.nan, np.float32)
-        start = time.perf_counter()
-        for s in range(0, idx.size, batch):
-            rows = fill_rows(idx[s:s + batch], batch)
-            first = np.maximum(rows - window + 1, 0)
-            cols = first[:, None] + np.arange(width)[None, :]
-            windows = stream[np.minimum(cols, stream.size - 1)]  # right padding after the target
-            scored = self.run(Job.of(programs.window_nll, windows,
-                                     (rows - first).astype(np.int32), stream[rows + 1]))
-            k = min(batch, idx.size - s)
-            nll[rows[:k]] = np.asarray(scored)[:k]
-            logging.info("%s %d/%d targets, %.1f targets/s", label, s + k, idx.size,
-                         (s + k) / (time.perf_counter() - start))
-        return nll
-
     # -- analysis ----------------------------------------------------------------------------
     def analyze(self, tokens_NT) -> dict[str, np.ndarray]:
         """Full forward of ``tokens [N, T]`` with its taps, sample axis first (the layout of
@@ -371,9 +239,3 @@ class Engine:
         return {k: np.asarray(v, np.float32) if k == "logits" else
                 np.moveaxis(np.asarray(v, np.float32), 1, 0) for k, v in out.items()}
 
-
-def recompute_targets(n: int, stride: int) -> np.ndarray:
-    """Target indices the recomputation baseline scores: every ``stride``-th of ``n``."""
-    if stride < 1:
-        raise ValueError(f"recompute stride must be >= 1, got {stride}")
-    return np.arange(0, n, stride)
