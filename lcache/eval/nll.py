@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
-from lcache.cache import Dense
+from lcache.cache import Dense, reserve_decode_room
 from lcache.eval import programs
 from lcache.eval.batching import check_fits, check_tokens, fill_rows, micro_batches, pad_prompts
 from lcache.eval.compiled import Job, spec
@@ -73,7 +73,8 @@ class TeacherForced:
                          pad_to: int | None = None, batch: int | None = None,
                          pad_multiple: int = 16) -> list[np.ndarray]:
         """Prefill each prompt under ``policy`` (a compressing policy compresses once, after the
-        prompt), then feed its continuation one decode step at a time -> per row
+        prompt; an unsized decode room is sized for the continuations), then feed its
+        continuation one decode step at a time -> per row
         ``nll [len(continuation)]`` float32 nats. Continuations are padded to a multiple of
         ``pad_multiple`` steps, so lengths that round alike share one program."""
         if len(prompts) != len(continuations) or min(map(len, continuations)) < 1:
@@ -82,7 +83,9 @@ class TeacherForced:
         cont, _ = pad_prompts(continuations, pad_multiple)
         check_tokens(cont, self.cfg.vocab_size)
         check_tokens(tokens, self.cfg.vocab_size)
-        check_fits(self.cfg, policy, int(lengths.max()), max(map(len, continuations)) - 1)
+        steps = max(map(len, continuations)) - 1
+        policy = reserve_decode_room(policy, steps)  # SnapKV(decode_capacity=None): room for them
+        check_fits(self.cfg, policy, int(lengths.max()), steps)
         out = []
         for start, stop in micro_batches(len(tokens), batch):
             rows = stop - start if batch is None else batch

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcache.cache import H2O, Dense, StreamingLLM
+from lcache.cache import H2O, Dense, SnapKV, StreamingLLM
 from lcache.eval import Engine
 
 RNG = np.random.default_rng(0)
@@ -74,3 +74,13 @@ def test_bad_inputs_fail_before_any_work(model):
         engine.continuation_nll([[1, 2]], [[]], Dense(8))
     with pytest.raises(ValueError, match="recompute stride must be >= 1"):
         engine.recompute_nll(STREAM, window=8, stride=0)
+
+
+def test_continuation_nll_sizes_an_unsized_decode_room(model):
+    engine = Engine.create(model)
+    prompts, conts = [STREAM[:20]], [STREAM[20:30]]
+    unsized = engine.continuation_nll(prompts, conts, SnapKV(budget=8, window=2, kernel=3,
+                                                             decode_capacity=None))
+    sized = engine.continuation_nll(prompts, conts, SnapKV(budget=8, window=2, kernel=3,
+                                                           decode_capacity=9))
+    np.testing.assert_allclose(unsized[0], sized[0], atol=1e-6)
