@@ -6,8 +6,10 @@
 Variants: smoke (CPU, interpreted kernels, tiny shapes, < 1 min), default (one GPU: B in
 {1, 8, 32} x context in {4K, 32K, 128K}, 32 q / 8 kv heads, D=128, few sweeps; < 4 min),
 explore (default's rows plus wide sweeps of the kernels' tiling: the data the defaults are
-chosen from). Args after the variant: ops=<decode+quant+mla+prefill subset, '+'-separated>,
-sweep=<bool>. Anything else: --config.key=value.
+chosen from), final (bf16 decode at the nine shapes and quantized decode at four, no sweeps:
+the second run of a session, with ``--check``, in ~1 min of timing). Args after the variant:
+ops=<decode+quant+mla+prefill subset, '+'-separated>, sweep=<bool>. Anything else:
+--config.key=value.
 """
 
 from configs.common import parse_arg
@@ -21,7 +23,7 @@ except ImportError:  # the GPU image has no ml_collections: a plain attribute di
         __setattr__ = dict.__setitem__
 
 OPS = ("decode", "quant", "mla", "prefill")
-VARIANTS = ("smoke", "default", "explore")
+VARIANTS = ("smoke", "default", "explore", "final")
 
 # quantized decode (``quant_decode_gpu`` arguments) swept at ``sweep_shape``; the fastest is
 # used for every later quantized row. The first is the kernel's default.
@@ -43,9 +45,9 @@ def get_config(arg: str = "smoke") -> ConfigDict:
     ops = tuple(o for o in a["ops"].split("+") if o)
     if set(ops) - set(OPS):
         raise ValueError(f"unknown ops {sorted(set(ops) - set(OPS))}; expected a subset of {OPS}")
-    smoke, explore = v == "smoke", v == "explore"
+    smoke, explore, final = v == "smoke", v == "explore", v == "final"
     c = ConfigDict()
-    c.ops = ops
+    c.ops = ("decode", "quant") if final else ops
     c.interpret = smoke  # Pallas kernels interpreted (CPU)
     c.batches = (2,) if smoke else (1, 8, 32)
     c.contexts = (200,) if smoke else (4096, 32768, 131072)
@@ -55,19 +57,25 @@ def get_config(arg: str = "smoke") -> ConfigDict:
     c.calls = 1 if smoke else 4  # kernel calls per executable (distinct queries)
     c.copy_bytes = (16 << 20) if smoke else (4 << 30)
     c.mem_fraction = 0.8  # of the device's memory a shape may use; larger ones are skipped
-    c.time_budget_s = 1e9 if smoke else (165.0 if explore else 200.0)  # no new row after this
+    c.time_budget_s = 1e9 if smoke else {"explore": 150.0, "final": 70.0}.get(v, 200.0)
     c.xla_max_tokens = 512 if smoke else 32768  # XLA references only up to this B * context
     c.sweep_shape = (2, 200) if smoke else (8, 32768)  # quant / MLA variants are swept here
     # rows run in priority order (Bench.tasks) until time_budget_s: the target rows (bf16 /
     # int4 / MLA decode, prefill), then int8/int2, sweeps (sweep=True: bf16 splits and tiles
     # at the sweep_worst shapes of lowest pallas/cudnn ratio; MLA and prefill tiles), 16-head
     # MLA and the XLA references
-    c.sweep = a["sweep"]
-    c.sweep_worst = 1 if smoke else (5 if explore else 2)
+    c.sweep = a["sweep"] and not final
+    c.sweep_worst = 1 if smoke else (4 if explore else 2)
+    c.sweeps_early = explore  # bf16 sweeps right after the quant sweep, before the other rows
     c.split_factors = (0.5,) if smoke else (0.5, 2.0)
     c.decode_variants = DECODE_EXPLORE[:1] if smoke else (DECODE_EXPLORE if explore else ())
     # quantized decode: KIVI bits; group, residual ring and sinks as lcache's defaults
     c.quant_bits = (4,) if smoke else (8, 4, 2)
+    c.quant_shapes = ((1, 32768), (8, 32768), (8, 131072), (32, 32768)) if final else ()
+    # --check's small cases (large ones: every kernel): final re-checks what changed since
+    # the explore run (decode's plan; prefill, not reached there)
+    c.check_ops = ("decode", "prefill") if final else OPS
+    c.check_dequant = ("asm", "jnp")  # quantized small cases on a GPU
     c.quant_variants = (QUANT_EXPLORE if explore else QUANT_DEFAULT) if not smoke else (
         {}, dict(block_k=64))
     c.quant_group = 32

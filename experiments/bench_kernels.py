@@ -297,6 +297,17 @@ class Bench:
                       f"{fmt(tc / tp if tc else None, '.2f')} (target >= 0.8)")
 
     # -- the plan ----------------------------------------------------------------------------
+    def _decode_sweeps(self, shapes):
+        """bf16 split counts and tilings at the ``sweep_worst`` shapes of lowest ratio."""
+        c = self.c
+        if "decode" not in c.ops or not c.sweep:
+            return
+        for b, x in sorted(shapes, key=lambda s: self.ratio("decode", *s))[:c.sweep_worst]:
+            vs = [dict(num_splits=s) for s in self.split_candidates(b, x, c.split_factors)]
+            vs += [dict(v) for v in c.decode_variants]
+            yield f"decode sweep B={b} C={x}", functools.partial(
+                self.decode, b, x, ("pallas",), vs)
+
     def tasks(self):
         """Yields ``(description, thunk)`` in priority order: the rows the issue's targets are
         read from first, then sweeps and references. Generated lazily: sweep candidates
@@ -308,11 +319,14 @@ class Bench:
         if "decode" in c.ops:
             for b, x in shapes:
                 yield f"decode B={b} C={x}", functools.partial(self.decode, b, x)
-        if "quant" in c.ops:
-            if c.sweep:
-                yield "quant4 sweep", functools.partial(self.quant_sweep, *c.sweep_shape, 4,
-                                                        c.quant_variants)
-            for b, x in shapes:
+        if "quant" in c.ops and c.sweep:
+            yield "quant4 sweep", functools.partial(self.quant_sweep, *c.sweep_shape, 4,
+                                                    c.quant_variants)
+        if c.sweeps_early:
+            yield from self._decode_sweeps(shapes)
+        quant_shapes = [s for s in shapes if s in c.quant_shapes] if c.quant_shapes else shapes
+        if "quant" in c.ops and 4 in c.quant_bits:
+            for b, x in quant_shapes:
                 yield f"quant4 B={b} C={x}", functools.partial(self.quant, b, x, 4)
         if "mla" in c.ops:
             for b, x in shapes:
@@ -322,14 +336,10 @@ class Bench:
                 yield f"prefill B={b} T={t}", functools.partial(self.prefill, b, t)
         if "quant" in c.ops:
             for bits in (8, 2):
-                for b, x in shapes if bits in c.quant_bits else ():
+                for b, x in quant_shapes if bits in c.quant_bits else ():
                     yield f"quant{bits} B={b} C={x}", functools.partial(self.quant, b, x, bits)
-        if "decode" in c.ops and c.sweep:  # worst shapes first
-            for b, x in sorted(shapes, key=lambda s: self.ratio("decode", *s))[:c.sweep_worst]:
-                vs = [dict(num_splits=s) for s in self.split_candidates(b, x, c.split_factors)]
-                vs += [dict(v) for v in c.decode_variants]
-                yield f"decode sweep B={b} C={x}", functools.partial(
-                    self.decode, b, x, ("pallas",), vs)
+        if not c.sweeps_early:
+            yield from self._decode_sweeps(shapes)
         if c.sweep and "mla" in c.ops:
             for bh in c.mla_block_h:
                 yield f"mla bh={bh}", functools.partial(self.mla, *c.sweep_shape, hmax,
@@ -401,8 +411,8 @@ def run(c, workdir, check=False, timed=True):
     ok = True
     if check:
         cases = list(checks.small_cases(c))
-        if jax.default_backend() == "gpu":
-            cases += list(checks.large_cases(c))
+        if jax.default_backend() == "gpu":  # the large shapes first: the point of --check
+            cases = list(checks.large_cases(c)) + cases
         ok = checks.run_checks(cases)
         print(f"# kernel checks {'ok' if ok else 'FAILED'} ({time.time() - t0:.0f} s)",
               flush=True)

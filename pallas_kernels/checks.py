@@ -74,31 +74,39 @@ def small_cases(c) -> Iterator[Case]:
     kw = dict(interpret=c.interpret, return_slot_probs=True)
     args = _decode_args(0, 2, hkv, hq, n + 3, d, dt)
     sink = fake(9, (hq,), jnp.float32) * 3
-    for name, extra in (("decode", {}), ("decode+sink", dict(sink_logit=sink))):
-        yield _case(name, functools.partial(decode_attention, impl="pallas", **kw, **extra),
-                    functools.partial(decode_attention, impl="xla", return_slot_probs=True,
-                                      **extra), args, 5e-2)
-    for bits in c.quant_bits:
+    ref = functools.partial(decode_attention, impl="xla", return_slot_probs=True)
+    if "decode" in c.check_ops:
+        for name, extra in (("decode", {}), ("decode+sink", dict(sink_logit=sink))):
+            yield _case(name, functools.partial(decode_attention, impl="pallas", **kw, **extra),
+                        functools.partial(ref, **extra), args, 5e-2)
+        if not c.interpret:  # B = 1, 70K: few long programs (decode.gpu.long_programs)
+            yield _case("decode (long programs)", functools.partial(
+                decode_attention, impl="pallas", **kw), ref, _decode_args(5, 1, hkv, hq, 70001,
+                                                                          d, dt), 5e-2)
+    for bits in c.quant_bits if "quant" in c.check_ops else ():
         codes, segs, q = make_quant(bits, 2, hkv, hq, n + 5, d, bits, c.quant_group,
                                     c.quant_residual, c.quant_sinks, dt)
         codes = codes._replace(valid=fake(bits, codes.valid.shape, jnp.float32) < 0.2)
         ref = functools.partial(quant_decode_attention, impl="xla", return_slot_probs=True)
-        for how in ("jnp",) if c.interpret else ("asm", "jnp"):
+        for how in ("jnp",) if c.interpret else c.check_dequant:
             yield _case(f"quant_decode int{bits} {how}", functools.partial(
                 quant_decode_gpu, dequant=how, **kw), ref, (q, codes, segs), 5e-2)
-    dc, dr, h = c.mla_dc, c.mla_dr, max(c.mla_heads)
-    args = (fake(0, (2, h, dc), dt), fake(1, (2, h, dr), dt), fake(2, (2, 1, n, dc), dt),
-            fake(3, (2, 1, n, dr), dt), fake(4, (2, 1, n), jnp.float32) < 0.2)
-    yield _case("mla_decode", functools.partial(mla_decode_attention, scale=0.05, impl="pallas",
-                                                **kw),
-                functools.partial(mla_decode_attention, scale=0.05, impl="xla",
-                                  return_slot_probs=True), args, 5e-2)
-    t = 40 if c.interpret else 300
-    args = (fake(0, (1, hq, t, d), dt), fake(1, (1, hkv, t, d), dt), fake(2, (1, hkv, t, d), dt))
-    yield _case("prefill+scores", functools.partial(
-        prefill_attention, obs_window=c.prefill_window, impl="pallas", interpret=c.interpret),
-        functools.partial(prefill_attention, obs_window=c.prefill_window, impl="xla"), args,
-        5e-2)
+    if "mla" in c.check_ops:
+        dc, dr, h = c.mla_dc, c.mla_dr, max(c.mla_heads)
+        args = (fake(0, (2, h, dc), dt), fake(1, (2, h, dr), dt), fake(2, (2, 1, n, dc), dt),
+                fake(3, (2, 1, n, dr), dt), fake(4, (2, 1, n), jnp.float32) < 0.2)
+        yield _case("mla_decode", functools.partial(mla_decode_attention, scale=0.05,
+                                                    impl="pallas", **kw),
+                    functools.partial(mla_decode_attention, scale=0.05, impl="xla",
+                                      return_slot_probs=True), args, 5e-2)
+    if "prefill" in c.check_ops:
+        t = 40 if c.interpret else 300
+        args = (fake(0, (1, hq, t, d), dt), fake(1, (1, hkv, t, d), dt),
+                fake(2, (1, hkv, t, d), dt))
+        yield _case("prefill+scores", functools.partial(
+            prefill_attention, obs_window=c.prefill_window, impl="pallas",
+            interpret=c.interpret), functools.partial(
+            prefill_attention, obs_window=c.prefill_window, impl="xla"), args, 5e-2)
 
 
 def large_cases(c) -> Iterator[Case]:

@@ -29,17 +29,24 @@ def split_cost(heads, nblocks, splits, sms=DEFAULT_NUM_SMS, occ=2, overhead_bloc
                partial_blocks=0.25):
     """Modelled time, in KV-block streaming times of one SM, of ``splits`` splits.
 
-    ``heads * splits`` programs spread over ``sms``; the busiest SM runs ``ceil(P / sms)``
-    programs of ``nb + overhead_blocks`` blocks at ``SM_RATE[min(that, occ)]``; each program's
-    partial output (written, then read by the merge) costs ``partial_blocks`` blocks. The fixed
-    cost of 8 blocks per program fits the B=1 sweep of docs/bench/bench_kernels_h200_partial.csv
-    (32K: 16 splits beat 32-128; more splits only pay with >= 8 blocks per program).
+    ``heads * splits`` programs of ``nb + overhead_blocks`` blocks each spread over ``sms``;
+    the busiest SM runs ``ceil(P / sms)`` of them in rounds of ``occ`` resident programs
+    (a round of ``k`` streams at ``SM_RATE[k]``), so a last round that leaves the SM
+    under-occupied costs nearly a full round: H100, B = 32 at 32K, 3 resident per SM: 2 splits
+    (512 programs, 1.3 rounds) ran 1674 us, 1 split 1510 us and 4 splits 1514 us
+    (docs/bench/bench_kernels_h100_explore.csv). Each program's partial output (written, then
+    read by the merge) costs ``partial_blocks`` blocks. The fixed cost of 8 blocks per program
+    fits the B=1 sweeps (H200 partial run; H100 explore: 32K at 32 splits, 128K at 32).
     """
     nb = cdiv(nblocks, splits)
     programs = heads * cdiv(nblocks, nb)
     per_sm = cdiv(programs, sms)
-    rate = SM_RATE[min(per_sm, occ, len(SM_RATE)) - 1]
-    return per_sm * (nb + overhead_blocks) / rate + partial_blocks * programs / sms
+    rate = lambda k: SM_RATE[min(k, len(SM_RATE)) - 1]  # noqa: E731
+    rounds, rest = divmod(per_sm, occ)
+    time = rounds * occ * (nb + overhead_blocks) / rate(occ)
+    if rest:
+        time += rest * (nb + overhead_blocks) / rate(rest)
+    return time + partial_blocks * programs / sms
 
 
 def auto_num_splits(heads, nblocks, sms=DEFAULT_NUM_SMS, overhead_blocks=8.0, max_splits=64,

@@ -128,9 +128,19 @@ def _kernel(q_ref, k_ref, v_ref, valid_ref, *refs, nb, bk, c, cb, g, scale, rope
     acc_ref[...] = acc
 
 
+def long_programs(heads, splits, slots_per_split, sms=None):
+    """A few long programs: at most 2 per SM, each of >= 2048 slots, for a batch of at most
+    16 KV heads. They then stream with 8 warps over 64-slot blocks, 3 stages deep: H100,
+    B = 1 at 128K (32 splits of 4096 slots): 213 us against 225 us with the default 4 warps,
+    128-slot blocks, 2 stages; at 32K (1024 slots per split) the default was as fast, and
+    with many programs (B = 32) 8 warps lost (docs/bench/bench_kernels_h100_explore.csv)."""
+    sms = sms or gc.num_sms()
+    return heads <= 16 and heads * splits <= 2 * sms and slots_per_split >= 2048
+
+
 def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, inv_freq=None,
                          sink_logit=None, return_slot_probs=False, block_k=None,
-                         num_splits=None, min_block_h=16, num_warps=4, num_stages=2,
+                         num_splits=None, min_block_h=16, num_warps=None, num_stages=None,
                          interpret=False):
     """Split-K decode attention; same contract as ``decode_attention_reference``.
 
@@ -150,7 +160,10 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
     isz = max(keys.dtype.itemsize, values.dtype.itemsize)
     if rope and block_k is None:  # RoPE's f32 sin/cos tiles spill registers at 128 rows
         block_k = min(64, default_block_k(d, dv, c, isz))
-    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits, isz, gp, num_stages)
+    bk, splits, nb = plan(b * hkv, c, d, dv, block_k, num_splits, isz, gp, num_stages or 2)
+    if (block_k, num_warps, num_stages) == (None, None, None) and long_programs(
+            b * hkv, splits, nb * bk) and bk == 128:
+        bk, nb, num_warps, num_stages = 64, 2 * nb, 8, 3  # same slots per split
     cb = nb * bk
     c_pad = splits * cb
 
@@ -185,7 +198,7 @@ def decode_attention_gpu(q, keys, values, valid, *, scale=None, rope_pos=None, i
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=gc.compiler_params(num_warps, num_stages, interpret),
+        compiler_params=gc.compiler_params(num_warps or 4, num_stages or 2, interpret),
         interpret=interpret,
         name="lcache_decode_splitk",
     )(*args)

@@ -32,5 +32,15 @@ def test_cost_model_shape():
     cost = lambda s, **kw: sp.split_cost(64, 256, s, SMS, **kw)  # noqa: E731
     assert cost(4) < cost(2) < cost(1)  # 256 programs (2/SM) beat 128 (1/SM)
     assert cost(64) > cost(4)  # partial outputs and per-program overhead grow with splits
-    assert sp.auto_num_splits(256, 1024, SMS) == 1  # B=32, 128K: already 2 per SM
+    # B=32 at 32K, 3 programs resident per SM: 2 splits leave a 1-per-SM last round (H100:
+    # 1674 us against 1510 us for 1 split), so 1 split; at 128K 3 splits make 2 full rounds.
+    assert sp.auto_num_splits(256, 256, SMS, occ=3) == 1
+    assert sp.auto_num_splits(256, 1024, SMS, occ=3) == 3
     assert sp.occupancy(64 << 10) == 3 and sp.occupancy(16 << 10) == 4
+
+
+def test_long_programs_get_deeper_tiles():
+    """B=1 at 128K (32 splits of 4096 slots) streams with 8 warps, 64-slot blocks, 3 stages."""
+    assert gpu.long_programs(8, 32, 4096, SMS)
+    assert not gpu.long_programs(8, 32, 1024, SMS)  # 32K
+    assert not gpu.long_programs(256, 1, 32768, SMS)  # B=32
