@@ -118,8 +118,8 @@ def dynamic(probe_states: Sequence, budget: int, window: int = 8,
     """DynamicKV (Zhou et al., 2025) per-layer capacities from a first, probing prefill.
 
     Our model prefills layer by layer inside one call, so DynamicKV is two passes: (1) prefill
-    with ``SnapKV(budget=prompt_len, window=8, kernel=7)`` in every layer (keeps everything and
-    stores each token's pooled vote in ``state.score``); (2) ``dynamic(probe_caches, budget)``
+    with ``SnapKV(budget=prompt_len, window=8, kernel=7, decode_capacity=0)`` in every layer
+    (keeps everything and stores each token's pooled vote in ``state.score``); (2) ``dynamic(probe_caches, budget)``
     gives capacities for ``per_layer(SnapKV...)`` and the prompt is prefilled again.
 
     Rule (algorithms.md §5a, after DreamMr/DynamicKV ``DynamicKVClusterV11``; one global
