@@ -78,13 +78,6 @@ def one_of(choices: Sequence) -> Check:
     return check
 
 
-def instance(cls: type, what: str) -> Check:
-    def check(where, value):
-        if not isinstance(value, cls):
-            raise TypeError(f"{where} must be {what}, got {type(value).__name__} {value!r}")
-    return check
-
-
 def optional(inner: Check) -> Check:
     """``None`` or what ``inner`` accepts."""
     def check(where, value):
