@@ -119,8 +119,9 @@ def dynamic(probe_states: Sequence, budget: int, window: int = 8,
 
     Our model prefills layer by layer inside one call, so DynamicKV is two passes: (1) prefill
     with ``SnapKV(budget=prompt_len, window=8, kernel=7, decode_capacity=0)`` in every layer
-    (keeps everything and stores each token's pooled vote in ``state.score``); (2) ``dynamic(probe_caches, budget)``
-    gives capacities for ``per_layer(SnapKV...)`` and the prompt is prefilled again.
+    (keeps everything and stores each token's pooled vote in ``state.score``); (2)
+    ``dynamic(probe_caches, budget)`` gives capacities for ``per_layer(SnapKV...)`` and the
+    prompt is prefilled again.
 
     Rule (algorithms.md §5a, after DreamMr/DynamicKV ``DynamicKVClusterV11``; one global
     reallocation after all layers, where the reference enforces the total): with
