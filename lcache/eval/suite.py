@@ -3,9 +3,9 @@
 A **cell** is (policy spec, budget fraction, context). Its examples (every task, depth and
 trial of ``lcache.data.ruler.make_suite`` at that context) run as one batch of greedy
 generations through ``Engine.generate`` in fixed micro-batches padded to the context, so every
-cell is one compiled program, shared by all its tasks and depths. All programs are compiled
-ahead of time in threads (``Engine.precompile``) before the first cell runs; the engine's report
-says where the time went.
+cell is one compiled program, shared by all its tasks and depths. The programs of a context are
+compiled ahead of time in threads (``Engine.precompile``) before its first cell runs (a run cut
+short keeps whole contexts); the engine's report says where the time went.
 
 The budget of a cell is ``round(budget_frac * context)`` tokens per layer and head (sinks and
 windows included, ``lcache.cache.registry``); ``dense`` and the full-cache quantized specs
@@ -137,28 +137,30 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
     if missing:
         raise ValueError(f"no examples at contexts {missing}")
     sampling = Sampling(max_new_tokens=max_new)
-    policies = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in cells
-                if not _needs_probe(c.spec)}
-    jobs = [j for c, p in policies.items()
-            for j in engine.generate_jobs(p, sampling, pad_to=c.context, batch=batch)]
-    start = time.perf_counter()
-    logging.info("precompiling %d programs in %d threads", len(jobs), threads)
-    engine.precompile(jobs, threads)
-    logging.info("precompiled in %.1f s", time.perf_counter() - start)
     rows, progress = [], Progress(len(cells))
-    for cell in cells:
-        exs = by_context[cell.context]
+    for context in dict.fromkeys(c.context for c in cells):  # compile, then run, per context
+        group = [c for c in cells if c.context == context]
+        policies = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in group
+                    if not _needs_probe(c.spec)}
+        jobs = [j for c, p in policies.items()
+                for j in engine.generate_jobs(p, sampling, pad_to=context, batch=batch)]
+        start = time.perf_counter()
+        engine.precompile(jobs, threads)
+        logging.info("context %d: %d programs precompiled in %.1f s (%d threads)", context,
+                     len(jobs), time.perf_counter() - start, threads)
+        exs = by_context[context]
         prompts = [e.prompt_ids for e in exs]
-        policy = policies.get(cell) or cell_policy(engine, cell, prompts, max_new, probe_rows)
-        outs = engine.generate(prompts, policy, sampling, pad_to=cell.context, batch=batch)
-        ok = np.array([ruler.score(e, tok.decode(o.tolist())) for e, o in zip(exs, outs,
-                                                                                strict=True)])
-        cell_rows = summarize(cell, exs, ok, policy_bytes(policy, engine.cfg))
-        rows += cell_rows
-        if on_cell:
-            on_cell(cell, cell_rows)
-        progress.step(f"{cell.spec} {cell.budget_frac:g} ctx {cell.context}: "
-                      f"{ok.mean():.2f}")
+        for cell in group:
+            policy = policies.get(cell) or cell_policy(engine, cell, prompts, max_new,
+                                                       probe_rows)
+            outs = engine.generate(prompts, policy, sampling, pad_to=context, batch=batch)
+            ok = np.array([ruler.score(e, tok.decode(o.tolist()))
+                           for e, o in zip(exs, outs, strict=True)])
+            cell_rows = summarize(cell, exs, ok, policy_bytes(policy, engine.cfg))
+            rows += cell_rows
+            if on_cell:
+                on_cell(cell, cell_rows)
+            progress.step(f"{cell.spec} {cell.budget_frac:g} ctx {context}: {ok.mean():.2f}")
     return rows
 
 
