@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def _figure(panels: int, cols: int, size=(2.6, 2.3)):
@@ -20,16 +21,17 @@ def _figure(panels: int, cols: int, size=(2.6, 2.3)):
     return fig, axes
 
 
-def heatmaps(rows: Sequence[dict], budget_frac: float, path: str, cols: int = 5) -> str:
-    """One panel per policy: mean accuracy over the depth-graded tasks, depth x context, at
-    ``budget_frac`` (full-cache policies at 1)."""
-    rows = [r for r in rows if r["task"] != "cwe"
+def heatmaps(rows: Sequence[dict], budget_frac: float, path: str, cols: int = 5,
+             tasks: Sequence[str] | None = None) -> str:
+    """One panel per policy: mean accuracy over ``tasks`` (default: every depth-graded task),
+    depth x context, at ``budget_frac`` (full-cache policies at 1)."""
+    rows = [r for r in rows if r["task"] != "cwe" and (tasks is None or r["task"] in tasks)
             and r["budget_frac"] in (budget_frac, 1.0) and (r["budget_frac"] == budget_frac
                                                             or r["policy"].startswith("dense"))]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     depths = sorted({r["depth"] for r in rows})
     contexts = sorted({r["context"] for r in rows})
-    fig, axes = _figure(len(policies), cols)
+    fig, axes = _figure(len(policies), cols, size=(2.6, 2.5))
     im = None
     for ax, policy in zip(axes, policies, strict=False):
         grid = np.full((len(depths), len(contexts)), np.nan)
@@ -45,10 +47,11 @@ def heatmaps(rows: Sequence[dict], budget_frac: float, path: str, cols: int = 5)
                         color="w" if a < 0.5 else "k")
         ax.set_xticks(range(len(contexts)), [str(n) for n in contexts], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
-        ax.set_title(policy if len(policy) < 34 else policy[:32] + "..", fontsize=7)
+        ax.set_title(policy.replace("(", "\n("), fontsize=7)
     if im is not None:
         fig.colorbar(im, ax=list(axes), shrink=0.6, label="accuracy")
-    fig.suptitle(f"accuracy, needle tasks averaged, budget {budget_frac:g} of the context")
+    which = ", ".join(tasks) if tasks else "needle tasks averaged"
+    fig.suptitle(f"accuracy ({which}), budget {budget_frac:g} of the context")
     fig.supxlabel("context (bytes)")
     fig.supylabel("depth")
     fig.savefig(path, format="png")
@@ -86,6 +89,8 @@ def pareto(rows: Sequence[dict], context: int, path: str, cols: int = 3) -> str:
             ax.annotate(f"{keys[i][0].split('(')[0]} {keys[i][1]:g}", (x[i], y[i]), fontsize=6,
                         xytext=(2, -8), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(labelsize=7)
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("cache MiB per sequence", fontsize=7)

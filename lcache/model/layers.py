@@ -21,6 +21,7 @@ from lcache.model.config import ModelConfig
 from lcache.model.rope import apply_rope, model_inv_freq
 
 INIT_STD = 0.02
+FUSED_MULTIPLE = 64  # fused training attention pads the sequence to a multiple of this
 
 
 def dense(rngs, fan_in, fan_out, cfg: ModelConfig, bias=False, std=INIT_STD):
@@ -116,10 +117,14 @@ class Attention(nnx.Module):
         if not want or cfg.attention != "softmax" or cfg.sliding_window or (
                 jnp.dtype(cfg.compute_dtype) == jnp.float32):
             return None
-        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q_BHqTD, k_BHTD, v_BHTD))  # [B, T, H, D]
+        t = q_BHqTD.shape[2]
+        pad = -t % FUSED_MULTIPLE  # cuDNN refuses e.g. T = 2049 (2048 + a sink token); causal
+        # attention never lets a real query see the zero keys appended after it
+        q, k, v = (jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0))).transpose(0, 2, 1, 3)
+                   for a in (q_BHqTD, k_BHTD, v_BHTD))  # [B, T + pad, H, D]
         try:
             out_BTHD = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                                    implementation="cudnn")
+                                                    implementation="cudnn")[:, :t]
         except (ValueError, NotImplementedError, RuntimeError) as err:
             if cfg.train_attention == "cudnn":
                 raise
