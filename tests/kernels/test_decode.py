@@ -8,8 +8,8 @@ import pytest
 from pallas_kernels import dispatch
 from pallas_kernels.decode import decode_attention, decode_attention_reference
 from pallas_kernels.decode.gpu import decode_attention_gpu
-from pallas_kernels.gpu_common import merge_splits
 from pallas_kernels.decode.tpu import decode_attention_tpu
+from pallas_kernels.gpu_common import merge_splits
 
 # (out atol, slot-prob atol): bf16 kernels round p and RoPE'd keys to bf16 for the MMAs.
 TOL = {jnp.float32: (2e-5, 1e-5), jnp.bfloat16: (4e-2, 2e-2)}

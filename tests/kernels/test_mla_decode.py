@@ -7,8 +7,8 @@ import pytest
 from kernel_helpers import lower_for_cuda, lower_for_tpu, run
 
 from lcache.attention.core import grouped_attention
-from pallas_kernels.mla_decode import mla_decode_attention, mla_decode_reference
 from pallas_kernels import dispatch
+from pallas_kernels.mla_decode import mla_decode_attention, mla_decode_reference
 from pallas_kernels.mla_decode.gpu import mla_decode_gpu
 from pallas_kernels.mla_decode.tpu import mla_decode_tpu
 

@@ -10,8 +10,8 @@ import pytest
 from kernel_helpers import lower_for_cuda, lower_for_tpu, run
 
 from lcache.cache import quant_ops as qo
-from pallas_kernels.quant_decode import QuantCodes, Segment, dequantize, quant_decode_attention
 from pallas_kernels import dispatch
+from pallas_kernels.quant_decode import QuantCodes, Segment, dequantize, quant_decode_attention
 from pallas_kernels.quant_decode.gpu import dequant, plane, quant_decode_gpu
 from pallas_kernels.quant_decode.reference import quant_decode_reference, unpack
 from pallas_kernels.quant_decode.tpu import quant_decode_tpu
