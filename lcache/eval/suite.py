@@ -3,7 +3,9 @@
 A **cell** is (policy spec, budget fraction, context). Its examples (every task, depth and
 trial of ``lcache.data.ruler.make_suite`` at that context) run as one batch of greedy
 generations through ``Engine.generate`` in fixed micro-batches padded to the context, so every
-cell is one compiled program, shared by all its tasks and depths. The programs of a context are
+cell is one compiled program, shared by all its tasks and depths; the cells of a score-based
+spec whose budget only sets its capacity (SnapKV, TOVA, key norm, random) also share one program
+across budgets (budget as data, ``share_budgets``). The programs of a context are
 compiled ahead of time in threads (``Engine.precompile``) before its first cell runs (a run cut
 short keeps whole contexts); the engine's report says where the time went.
 
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import logging
 
-from lcache.cache import cache_bytes, registry
+from lcache.cache import ScoredPolicy, cache_bytes, registry
 from lcache.data import ruler
 from lcache.eval.engine import Engine
 from lcache.sampling import Sampling
@@ -99,6 +101,26 @@ def policy_bytes(policy, cfg) -> int:
     return cache_bytes(layers, 1, kv, dk, q_heads=q)
 
 
+def share_budgets(policies: dict[Cell, object]) -> dict[Cell, object]:
+    """Budget as data: cells of one spec and context whose policies differ only in their
+    ``budget`` field (score-based policies with a fixed protected window: SnapKV, TOVA, key norm,
+    random) run the policy built at their largest budget, each row keeping its own
+    (``Engine.generate(budgets=...)``): one program for all of them -> ``{cell: shared policy}``
+    (cells that cannot share are left out). Cache bytes stay those of each cell's own policy."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for c in policies:
+        groups.setdefault((c.spec, c.context), []).append(c)
+    out = {}
+    for cells in groups.values():
+        big = policies[max(cells, key=lambda c: c.budget)]
+        if len(cells) < 2 or not isinstance(big, ScoredPolicy) or "budget" not in {
+                f.name for f in dataclasses.fields(big)}:
+            continue
+        if all(dataclasses.replace(big, budget=policies[c].budget) == policies[c] for c in cells):
+            out.update({c: big for c in cells})
+    return out
+
+
 def _needs_probe(spec: str) -> bool:
     return "probe" in registry.REGISTRY[registry.parse(spec).name].needs
 
@@ -140,10 +162,12 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
     rows, progress = [], Progress(len(cells))
     for context in dict.fromkeys(c.context for c in cells):  # compile, then run, per context
         group = [c for c in cells if c.context == context]
-        policies = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in group
-                    if not _needs_probe(c.spec)}
-        jobs = [j for c, p in policies.items()
-                for j in engine.generate_jobs(p, sampling, pad_to=context, batch=batch)]
+        own = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in group
+               if not _needs_probe(c.spec)}
+        shared = share_budgets(own)
+        programs = {(shared.get(c, p), c in shared): None for c, p in own.items()}
+        jobs = [j for p, rows_budgets in programs for j in engine.generate_jobs(
+            p, sampling, pad_to=context, batch=batch, row_budgets=rows_budgets)]
         start = time.perf_counter()
         engine.precompile(jobs, threads)
         logging.info("context %d: %d programs precompiled in %.1f s (%d threads)", context,
@@ -151,9 +175,10 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
         exs = by_context[context]
         prompts = [e.prompt_ids for e in exs]
         for cell in group:
-            policy = policies.get(cell) or cell_policy(engine, cell, prompts, max_new,
-                                                       probe_rows)
-            outs = engine.generate(prompts, policy, sampling, pad_to=context, batch=batch)
+            policy = own.get(cell) or cell_policy(engine, cell, prompts, max_new, probe_rows)
+            budgets = [cell.budget] * len(prompts) if cell in shared else None
+            outs = engine.generate(prompts, shared.get(cell, policy), sampling, pad_to=context,
+                                   batch=batch, budgets=budgets)
             ok = np.array([ruler.score(e, tok.decode(o.tolist()))
                            for e, o in zip(exs, outs, strict=True)])
             cell_rows = summarize(cell, exs, ok, policy_bytes(policy, engine.cfg))
