@@ -2,6 +2,7 @@
 
     python -m experiments.ruler --config=configs/ruler.py:smoke --workdir=runs/ruler_smoke
     python -m experiments.ruler --config=configs/ruler.py:gpu --workdir=runs/ruler
+    python -m experiments.ruler --config=configs/ruler.py:gpu --config.resume --workdir=runs/ruler
     python -m experiments.ruler --config=configs/ruler.py:gpu,model=sinktoken --workdir=runs/r2
 
 Variants: smoke (untrained 2-layer ``random`` model, context 600, 2 tasks, 3 policies, CPU,
@@ -48,6 +49,7 @@ def get_config(arg: str = "gpu") -> ml_collections.ConfigDict:
     c.trials = a["trials"] or c.trials
     c.seed = 0
     c.probe_rows = 32  # DynamicKV's allocation probe
+    c.resume = False  # True: keep the cells already in --workdir's ruler.csv, run the rest
     c.compute_dtype = "float32" if v == "smoke" else "bfloat16"
     c.fast_compile = v == "smoke"
     return c

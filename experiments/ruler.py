@@ -7,7 +7,8 @@ one compiled program over all ``tasks`` x ``depths`` x ``trials`` (``lcache.eval
 Writes to ``--workdir``:
 
   ruler.csv             policy,budget_frac,task,context,depth,trials,accuracy,cache_bytes
-                        (rewritten after every cell, so a cut run keeps what it finished)
+                        (rewritten after every cell, so a cut run keeps what it finished;
+                        ``--config.resume`` runs only the cells it lacks)
   ruler_heatmap_<f>.png accuracy depth x context per policy at budget fraction f
   ruler_pareto_<n>.png  accuracy vs cache bytes per task at context n, Pareto front
 and prints mean accuracy per policy x budget and per policy x task, and the engine's report.
@@ -15,6 +16,7 @@ and prints mean accuracy per policy x budget and per policy x task, and the engi
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 
@@ -46,6 +48,14 @@ def table(rows: list[dict], column: str) -> list[dict]:
             for row in out.values()]
 
 
+def read_rows(path: str) -> list[dict]:
+    """Rows of an earlier ``ruler.csv`` with their types (a cut run is resumed from them)."""
+    types = dict(budget_frac=float, context=int, depth=float, trials=int, accuracy=float,
+                 cache_bytes=int)
+    with open(path) as f:
+        return [{k: types.get(k, str)(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 @experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
@@ -57,15 +67,20 @@ def run(c, workdir: str) -> list[dict]:
     logging.info("%d cells x %d examples", len(cells), len(examples))
     os.makedirs(workdir, exist_ok=True)
     csv_path = os.path.join(workdir, "ruler.csv")
-    done: list[dict] = []
+    done = read_rows(csv_path) if c.resume and os.path.exists(csv_path) else []
+    finished = {(r["policy"], r["budget_frac"], r["context"]) for r in done}
+    todo = [cell for cell in cells if (cell.spec, cell.budget_frac, cell.context) not in finished]
+    logging.info("%d of %d cells already in %s", len(cells) - len(todo), len(cells), csv_path)
 
     def on_cell(cell, rows):
         done.extend(rows)
         write_csv(csv_path, done)
 
     engine = Engine.create(model, ProgramCache())
-    rows = suite.run_suite(engine, tok, examples, cells, batch=c.batch, threads=c.threads,
-                           probe_rows=c.probe_rows, on_cell=on_cell)
+    if todo:
+        suite.run_suite(engine, tok, examples, todo, batch=c.batch, threads=c.threads,
+                        probe_rows=c.probe_rows, on_cell=on_cell)
+    rows = done
     for frac in c.budget_fracs:
         suite_plots.heatmaps(rows, frac, os.path.join(workdir, f"ruler_heatmap_{frac:g}.png"))
     for context in c.contexts:

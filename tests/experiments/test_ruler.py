@@ -18,3 +18,18 @@ def test_smoke_end_to_end(tmp_path, capsys):
     assert "| policy | budget | passkey | multikey |" in out and "generate" in out
     for name in ("ruler_heatmap_0.2.png", "ruler_pareto_600.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_resume_runs_only_missing_cells(tmp_path):
+    c = get_config("smoke")
+    first = ruler.run(c, str(tmp_path))
+    with open(tmp_path / "ruler.csv") as f:
+        lines = f.readlines()
+    kept = [ln for ln in lines if not ln.startswith("dense,")]
+    (tmp_path / "ruler.csv").write_text("".join(kept))  # as if the run was cut before dense
+    c.resume = True
+    again = ruler.run(c, str(tmp_path))
+    key = lambda r: (r["policy"], r["budget_frac"], r["task"], r["depth"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, first))
+    assert {r["policy"]: r["accuracy"] for r in again} == {r["policy"]: r["accuracy"]
+                                                          for r in first}
