@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ from absl import logging
 from flax import nnx
 
 from lcache.model import ModelConfig, Transformer
+from lcache.objective import Objective, weighted_ce
 
 # tokens [B, T+1] int32 and loss weights [B, T] float32 for the batch of a step
 BatchSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -47,6 +49,8 @@ class TrainConfig:
     eval_batches: int = 8
     ckpt_every: int = 500
     time_budget_s: float = 0.0  # > 0: stop (and checkpoint) after this many seconds
+    aux_weight: float = 0.0  # lambda of the register / MTP loss (lcache.objective)
+    register_every: int = 1  # one register token after every k-th token
 
     def __post_init__(self):
         for name in ("steps", "batch", "seq_len", "log_every", "eval_every", "ckpt_every"):
@@ -71,14 +75,17 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
 
 def loss_fn(model: Transformer, tokens_BT1, weights_BT):
     """Mean next-token cross-entropy (nats) over weighted targets."""
-    logits = model(tokens_BT1[:, :-1])
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BT1[:, 1:])
-    return jnp.sum(nll * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
+    return weighted_ce(model(tokens_BT1[:, :-1]), tokens_BT1[:, 1:], weights_BT)
 
 
-@nnx.jit
-def train_step(model, optimizer, tokens, weights):
-    loss, grads = nnx.value_and_grad(loss_fn)(model, tokens, weights)
+NEXT_TOKEN = Objective()
+
+
+@functools.partial(nnx.jit, static_argnames="objective")
+def train_step(model, optimizer, tokens, weights, objective: Objective = NEXT_TOKEN):
+    """One optimiser step on ``objective`` (the next-token loss, plus the register / MTP loss of
+    models that have them) -> (loss, gradient norm)."""
+    loss, grads = nnx.value_and_grad(lambda m: objective(m, tokens, weights))(model)
     optimizer.update(model, grads)
     return loss, optax.global_norm(grads)
 
@@ -129,6 +136,7 @@ class Trainer:
         self.ckpt = ocp.CheckpointManager(
             os.path.abspath(os.path.join(workdir, "ckpt")),
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        self.objective = Objective(tc.aux_weight, tc.register_every)
         self.step = 0
         self._restore()
 
@@ -171,7 +179,7 @@ class Trainer:
             while self.step < tc.steps:
                 tokens, weights = source(self.step)
                 loss, gnorm = train_step(self.model, self.optimizer, jnp.asarray(tokens),
-                                         jnp.asarray(weights))
+                                         jnp.asarray(weights), self.objective)
                 self.step += 1
                 window_steps += 1
                 last = self.step == tc.steps

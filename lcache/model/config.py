@@ -23,6 +23,9 @@ class ModelConfig:
     sequence (StreamingLLM's learnable sink / registers), excluded from the loss.
     ``mla_kv_lora_rank > 0`` replaces GQA by multi-head latent attention (``model/mla.py``;
     ``num_kv_heads`` and ``head_dim`` are then unused by attention).
+    ``register_depth = D > 0`` adds one learned register embedding per offset ``d = 1..D``
+    (MuToR-style multi-token prediction, ``model/registers.py``; drafts for self-speculative
+    decoding); ``mtp_depth > 0`` adds DeepSeek-V3-style MTP modules (``model/mtp.py``).
     """
 
     vocab_size: int = 259
@@ -58,6 +61,8 @@ class ModelConfig:
     mla_qk_rope_dim: int = 0  # width of the RoPE query part and of the shared RoPE key
     mla_v_dim: int = 0  # per-head value width
     mla_impl: str = "absorb"  # cached attention: 'naive' (up-project K/V) or 'absorb'
+    register_depth: int = 0  # D learned register tokens, register d predicts token t + d
+    mtp_depth: int = 0  # DeepSeek-style MTP modules (one extra block per depth)
 
     def __post_init__(self):
         size, count, flag, scale = v.integer(1), v.integer(0), v.boolean(), v.real(0, lo_open=True)
@@ -68,7 +73,11 @@ class ModelConfig:
             rope_high_freq_factor=scale, rope_original_max_pos=size, max_seq_len=size,
             sigmoid_bias=v.real(), gated_attention=flag, num_sink_tokens=count,
             sliding_window=count, mla_kv_lora_rank=count, mla_q_lora_rank=count,
-            mla_qk_nope_dim=count, mla_qk_rope_dim=count, mla_v_dim=count)
+            mla_qk_nope_dim=count, mla_qk_rope_dim=count, mla_v_dim=count,
+            register_depth=count, mtp_depth=count)
+        if self.register_depth and self.sliding_window:
+            raise ValueError("register tokens see their anchor's context; a model sliding_window "
+                             "would cut it differently: use sliding_window=0 with registers")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not divisible by "
                              f"num_kv_heads={self.num_kv_heads}")

@@ -13,6 +13,7 @@ from lcache.cache import validate as v
 from lcache.model.config import ModelConfig
 from lcache.model.layers import INIT_STD, Attention, RMSNorm, SwiGLU
 from lcache.model.mla import MLAttention
+from lcache.model.mtp import MTPModule
 
 
 class Block(nnx.Module):
@@ -64,6 +65,12 @@ class Transformer(nnx.Module):
         if cfg.num_sink_tokens:
             self.sink_tokens = nnx.Param(
                 INIT_STD * jax.random.normal(rngs.params(), (cfg.num_sink_tokens, cfg.dim)))
+        if cfg.register_depth:  # one learned register per offset d = 1..D (model/registers.py)
+            self.register_embed = nnx.Param(
+                INIT_STD * jax.random.normal(rngs.params(), (cfg.register_depth, cfg.dim)))
+        if cfg.mtp_depth:  # DeepSeek-style MTP modules, one extra block each (model/mtp.py)
+            self.mtp = nnx.List([MTPModule(cfg, Block(cfg, rngs), rngs)
+                                 for _ in range(cfg.mtp_depth)])
 
     # -- pieces --------------------------------------------------------------------------------
     def _check_ids(self, where: str, tokens) -> None:
