@@ -1,40 +1,46 @@
-"""One decode step of attention over a cache view, dispatched to a kernel or to ``jnp``.
+"""One decode step of attention over a segmented cache view, dispatched to kernels or ``jnp``.
 
 ``impl`` (``pallas_kernels.dispatch``, the one place the choice is made): 'xla' always uses the
-``jnp`` path; 'pallas' uses the Pallas decode kernel (softmax-like variants only: softmax,
+``jnp`` path; 'pallas' uses the Pallas decode kernels (softmax-like variants only: softmax,
 sink_logit and off_by_one, the last two as a per-head sink logit merged in the kernel; other
-variants raise); 'auto' uses the kernel on GPU/TPU for those variants and ``jnp`` otherwise.
+variants raise); 'auto' uses the kernels on GPU/TPU for those variants and ``jnp`` otherwise.
 
-Quantized caches: given the ``Quantized`` policy and its ``QuantizedKVState`` (``state=``,
-``policy=``), the kernel paths attend the KIVI codes, the full-precision sinks and the residual
-ring directly (``pallas_kernels.quant_decode``: dequantized in-kernel, merged by log-sum-exp);
-the view is then read only for its validity (and the dequantized keys/values it holds are dead
-code under ``jit``). Views with ``keys_rotated=False`` keep the dequantized-view path.
+The view is a tuple of segments (``lcache.cache.view``); attention never asks what storage a
+policy keeps, only how its segments are laid out (``kernel_plan``):
+
+* one plain segment: the head-major decode kernel (``pallas_kernels.decode``);
+* plain full-head segments, one of them KIVI codes, keys rotated: the quantized kernel reads
+  the codes and the full-precision segments (sinks, residual ring) in one pass;
+* head groups that partition the heads: the decode kernel once per group, on its own arrays
+  (memory read = what each group keeps);
+* other full-head segments: concatenated, then the decode kernel.
+
+Anything else (pools, groups sharing a head) has no kernel: 'auto' logs and runs the ``jnp``
+log-sum-exp merge (``segmented.segmented_decode``), 'pallas' raises before any work. The ``jnp``
+path merges by log-sum-exp for softmax-like variants and concatenates for the others (which do
+not normalise over keys).
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from lcache.attention.core import grouped_attention
-from lcache.cache import CacheView, Quantized, QuantizedKVState
-from lcache.cache import sinks as sk
+from lcache.attention.segmented import segmented_decode
+from lcache.cache.view import CacheView
 from pallas_kernels import dispatch
 
 KERNEL_VARIANTS = ("softmax", "sink_logit", "off_by_one")
 
 
-def _use_kernel(impl: str, variant: str) -> bool:
-    """Whether ``impl`` runs ``variant`` through a kernel here (``dispatch.kernel_family``)."""
+def _check_variant(impl: str, variant: str) -> None:
     if impl == "pallas" and variant not in KERNEL_VARIANTS:
         raise ValueError(f"attention_impl='pallas' supports the variants {KERNEL_VARIANTS}, got "
                          f"{variant!r}; use 'auto' to fall back to XLA for other variants")
-    return dispatch.kernel_family(impl) is not None and variant in KERNEL_VARIANTS
 
 
 def _kernel_sink(variant, sink_logit, num_q_heads):
-    """The per-head sink logit ``[Hq]`` f32 a kernel merges for ``variant`` (None: softmax)."""
+    """The per-head sink logit ``[Hq]`` f32 merged for ``variant`` (None: softmax)."""
     if variant == "sink_logit":
         if sink_logit is None:
             raise ValueError("variant 'sink_logit' requires sink_logit (per-head s_h)")
@@ -42,107 +48,117 @@ def _kernel_sink(variant, sink_logit, num_q_heads):
     return jnp.zeros((num_q_heads,), jnp.float32) if variant == "off_by_one" else None
 
 
-def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", sink_logit=None,
-                     sigmoid_bias=0.0, impl="xla", state=None, policy=None):
-    """Returns ``out [B, Hq, Dv]`` and ``slot_probs [B, H, C]`` (weights summed over the group).
-
-    ``q`` is already rotated. Keys of a view with ``keys_rotated=False`` are rotated with
-    ``view.rope_pos`` (inside the kernel on the Pallas path). ``state``/``policy`` (optional):
-    the cache state and policy the view came from; a ``Quantized`` one takes the quantized
-    kernel on the Pallas paths.
-    """
-    b, hq, d = q_BHqD.shape
-    h = view.keys.shape[1]
-    if _use_kernel(impl, variant):
-        kimpl = "auto" if impl == "auto" else "pallas"
-        sink = _kernel_sink(variant, sink_logit, hq)
-        if isinstance(policy, Quantized) and view.keys_rotated:
-            return quantized_decode(q_BHqD, view, state, policy, impl=kimpl, sink_logit=sink)
-        from pallas_kernels.decode import decode_attention
-
-        rope_pos = None if view.keys_rotated else view.rope_pos
-        return decode_attention(q_BHqD, view.keys, view.values, view.valid, rope_pos=rope_pos,
-                                inv_freq=None if rope_pos is None else inv_freq,
-                                sink_logit=sink, return_slot_probs=True, impl=kimpl)
-    from lcache.model.rope import apply_rope  # here: lcache.model imports this module
-
-    keys = view.keys if view.keys_rotated else apply_rope(view.keys, view.rope_pos, inv_freq)
-    q = q_BHqD.reshape(b, h, hq // h, 1, d)
-    mask = view.valid[:, :, None, None, :]
-    sink = None if sink_logit is None else sink_logit.reshape(h, hq // h)
-    out, probs = grouped_attention(q, keys.astype(q.dtype), view.values.astype(q.dtype), mask,
-                                   variant=variant, sink_logit_HG=sink,
-                                   sigmoid_bias=sigmoid_bias)
-    return out.reshape(b, hq, -1), probs.astype(jnp.float32)
+def _full(seg, num_heads):
+    return seg.heads is None and seg.owner is None and seg.keys.shape[1] == num_heads
 
 
-def _scatter_any(index_BHC, mask_BHC, size):
-    """``[B, H, size]`` bool: entry ``i`` is hit by some slot with ``mask`` and ``index == i``."""
+def _dense_kernel(q_BHqD, seg, inv_freq, sink, impl):
+    from pallas_kernels.decode import decode_attention
 
-    def row(idx, m):
-        return jnp.zeros((size,), jnp.int8).at[idx].max(m.astype(jnp.int8), mode="drop")
-
-    return jax.vmap(jax.vmap(row))(index_BHC, mask_BHC) > 0
-
-
-def quantized_inputs(view: CacheView, state: QuantizedKVState, policy: Quantized):
-    """Splits a quantized cache into kernel inputs.
-
-    Returns ``(codes, segments, to_slots)``: ``QuantCodes`` over the slots served by codes,
-    ``Segment``s for the sinks and the residual ring (their validity scattered from the slots
-    that hold them, so evictions and ``view.valid`` windows carry over), and
-    ``to_slots(code_probs, seg_probs) -> [B, H, C]``, gathering probabilities back onto slots.
-    """
-    from pallas_kernels.quant_decode import QuantCodes, Segment
-
-    pos, valid = state.pos, view.valid
-    none = jnp.zeros(pos.shape, jnp.bool_)
-    sink, sink_idx = (sk.is_sink(pos, state.sink_pos) if policy.keep_sinks else (none, None))
-    recent = none
-    if policy.residual:
-        recent = (pos >= policy.flush_point(state.seen)[:, None, None]) & ~sink
-    ring_idx = jnp.where(pos >= 0, pos % max(policy.residual, 1), 0)
-    codes = QuantCodes(state.k_codes, state.k_scale, state.k_zero, state.v_codes, state.v_scale,
-                       state.v_zero, valid & ~sink & ~recent)
-    segments, gathers = [], []
-    if policy.keep_sinks:
-        n = policy.keep_sinks
-        segments.append(Segment(state.sink_keys, state.sink_values,
-                                _scatter_any(sink_idx, valid & sink, n)))
-        gathers.append((sink_idx, valid & sink))
-    if policy.residual:
-        segments.append(Segment(state.ring_keys, state.ring_values,
-                                _scatter_any(ring_idx, valid & recent, policy.residual)))
-        gathers.append((ring_idx, valid & recent))
-
-    def to_slots(code_probs, seg_probs):
-        out = code_probs
-        for (idx, m), p in zip(gathers, seg_probs, strict=True):
-            out = out + jnp.where(m, jnp.take_along_axis(p, idx, axis=2), 0.0)
-        return out
-
-    return codes, tuple(segments), to_slots
+    rope_pos = None if seg.keys_rotated else seg.rope_pos
+    return decode_attention(q_BHqD, seg.keys, seg.values, seg.valid, rope_pos=rope_pos,
+                            inv_freq=None if rope_pos is None else inv_freq, sink_logit=sink,
+                            return_slot_probs=True, impl=impl)
 
 
-def quantized_decode(q_BHqD, view: CacheView, state: QuantizedKVState, policy: Quantized, *,
-                     impl="pallas", sink_logit=None):
-    """``(out [B, Hq, Dv], slot_probs [B, H, C])`` of one decode step over a quantized cache
-    (keys stored rotated), with the codes dequantized inside the kernel; ``sink_logit [Hq]``
-    as in ``decode_over_view``."""
+def _quant_kernel(q_BHqD, view, sink, impl):
+    from pallas_kernels.quant_decode import Segment as FullPrecision
     from pallas_kernels.quant_decode import quant_decode_attention
 
-    if not isinstance(state, QuantizedKVState):
-        raise ValueError(f"policy {policy!r} needs its QuantizedKVState, got {type(state)}")
-    codes, segments, to_slots = quantized_inputs(view, state, policy)
-    out, (code_probs, seg_probs) = quant_decode_attention(q_BHqD, codes, segments,
-                                                          sink_logit=sink_logit,
-                                                          return_slot_probs=True, impl=impl)
-    return out, to_slots(code_probs, seg_probs)
+    segs = view.segments
+    code = next(i for i, s in enumerate(segs) if s.codes is not None)
+    others = [i for i in range(len(segs)) if i != code]
+    out, (code_probs, seg_probs) = quant_decode_attention(
+        q_BHqD, segs[code].codes._replace(valid=segs[code].valid),
+        tuple(FullPrecision(segs[i].keys, segs[i].values, segs[i].valid) for i in others),
+        sink_logit=sink, return_slot_probs=True, impl=impl)
+    probs = dict(zip(others, seg_probs, strict=True)) | {code: code_probs}
+    return out, jnp.concatenate([probs[i] for i in range(len(segs))], axis=2)
+
+
+def _group_kernels(q_BHqD, view, inv_freq, sink, impl):
+    """One decode kernel per head group; outputs and probabilities scattered to all heads."""
+    b, hq, _ = q_BHqD.shape
+    h = view.num_heads
+    g = hq // h
+    q = q_BHqD.reshape(b, h, g, -1)
+    out = jnp.zeros((b, h, g, view.segments[0].values.shape[-1]), q_BHqD.dtype)
+    probs = []
+    for seg in view.segments:
+        heads = jnp.arange(h) if seg.heads is None else jnp.asarray(seg.heads, jnp.int32)
+        qs = q[:, heads].reshape(b, -1, q.shape[-1])
+        ss = None if sink is None else sink.reshape(h, g)[heads].reshape(-1)
+        o, p = _dense_kernel(qs, seg, inv_freq, ss, impl)
+        out = out.at[:, heads].set(o.reshape(b, -1, g, o.shape[-1]))
+        probs.append(jnp.zeros((b, h, seg.capacity), p.dtype).at[:, heads].set(p))
+    return out.reshape(b, hq, -1), jnp.concatenate(probs, axis=2)
+
+
+def kernel_plan(view: CacheView):
+    """``(reason, run)``: why no kernel takes this view's segments (None: one does) and
+    ``run(q, inv_freq, sink, impl) -> (out, slot_probs)`` (see the module docstring)."""
+    segs, h = view.segments, view.num_heads
+    full = all(_full(s, h) for s in segs)
+    n_codes = sum(s.codes is not None for s in segs)
+    if len(segs) == 1 and segs[0].plain:
+        return None, lambda q, f, s, i: _dense_kernel(q, segs[0], f, s, i)
+    if full and n_codes == 1 and all(s.keys_rotated for s in segs):
+        return None, lambda q, f, s, i: _quant_kernel(q, view, s, i)
+    covered = [x for s in segs for x in (range(h) if s.heads is None else s.heads)]
+    if (all(s.owner is None and s.codes is None for s in segs) and len(set(covered)) ==
+            len(covered) and all(s.heads is not None or _full(s, h) for s in segs)):
+        return None, lambda q, f, s, i: _group_kernels(q, view, f, s, i)
+    if full and len({s.keys_rotated for s in segs}) == 1:
+        return None, lambda q, f, s, i: _dense_kernel(q, view.flat(), f, s, i)
+    layout = ", ".join("pool" if s.owner is not None else "codes" if s.codes is not None
+                       else f"heads={s.heads}" if s.heads else "all heads" for s in segs)
+    return (f"no decode kernel takes segments ({layout}): pools, head groups sharing a head, "
+            "codes with head groups or keys stored before RoPE"), None
+
+
+def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", sink_logit=None,
+                     sigmoid_bias=0.0, impl="xla"):
+    """Returns ``out [B, Hq, Dv]`` and ``slot_probs [B, H, F]`` (weights summed over each
+    query group, in the view's flat frame: ``[B, H, C]`` for a one-segment view).
+
+    ``q`` is already rotated. Keys of segments with ``keys_rotated=False`` are rotated with
+    their ``rope_pos`` (inside the kernel on the Pallas path).
+    """
+    _check_variant(impl, variant)
+    b, hq, d = q_BHqD.shape
+    h = view.num_heads
+    lse_merge = variant in KERNEL_VARIANTS and not (len(view.segments) == 1 and
+                                                   view.segments[0].plain)
+
+    def reference():
+        if lse_merge:
+            sink = _kernel_sink(variant, sink_logit, hq)
+            return segmented_decode(q_BHqD, view, inv_freq, sink_logit=sink)
+        from lcache.model.rope import apply_rope  # here: lcache.model imports this module
+
+        flat = view.flat()
+        keys = flat.keys if flat.keys_rotated else apply_rope(flat.keys, flat.rope_pos,
+                                                              inv_freq)
+        q = q_BHqD.reshape(b, h, hq // h, 1, d)
+        mask = flat.valid[:, :, None, None, :]
+        sink = None if sink_logit is None else sink_logit.reshape(h, hq // h)
+        out, probs = grouped_attention(q, keys.astype(q.dtype), flat.values.astype(q.dtype),
+                                       mask, variant=variant, sink_logit_HG=sink,
+                                       sigmoid_bias=sigmoid_bias)
+        return out.reshape(b, hq, -1), probs.astype(jnp.float32)
+
+    if variant not in KERNEL_VARIANTS:
+        return reference()
+    reason, run = kernel_plan(view)
+    kimpl = "auto" if impl == "auto" else "pallas"
+    sink = _kernel_sink(variant, sink_logit, hq)
+    kernel = dispatch.Kernel(reason, lambda interpret: run(q_BHqD, inv_freq, sink, kimpl))
+    return dispatch.run("decode_over_view", impl, reference, gpu=kernel, tpu=kernel)
 
 
 def mla_decode_over_view(q_latent_BHC, q_rope_BHR, view: CacheView, inv_freq, *, scale,
                          impl="auto"):
-    """Absorbed MLA decode over a latent cache view (``keys = k_rope [B, 1, C, dr]``,
+    """Absorbed MLA decode over a latent cache view (flat: ``keys = k_rope [B, 1, C, dr]``,
     ``values = c [B, 1, C, dc]``; ``lcache/model/mla.py``) with the Pallas kernel.
 
     ``q_latent [B, H, dc]`` (``W_UK`` folded in), ``q_rope [B, H, dr]`` rotated. Keys of a view
@@ -152,12 +168,13 @@ def mla_decode_over_view(q_latent_BHC, q_rope_BHR, view: CacheView, inv_freq, *,
     """
     from pallas_kernels.mla_decode import mla_decode_attention
 
-    keys = view.keys
-    if not view.keys_rotated:
+    flat = view.flat()
+    keys = flat.keys
+    if not flat.keys_rotated:
         from lcache.model.rope import apply_rope
 
-        keys = apply_rope(keys, view.rope_pos, inv_freq)
-    latent = view.values.astype(q_latent_BHC.dtype)
+        keys = apply_rope(keys, flat.rope_pos, inv_freq)
+    latent = flat.values.astype(q_latent_BHC.dtype)
     return mla_decode_attention(q_latent_BHC, q_rope_BHR, latent, keys.astype(latent.dtype),
-                                view.valid, scale=scale, return_slot_probs=True,
+                                flat.valid, scale=scale, return_slot_probs=True,
                                 impl="auto" if impl == "auto" else "pallas")

@@ -12,7 +12,9 @@ from lcache.cache.budgets import (
     uniform,
 )
 from lcache.cache.decode_room import reserve_decode_room
+from lcache.cache.duo import duo_layers
 from lcache.cache.h2o import H2O, ValueAware
+from lcache.cache.head_groups import HeadGroups, HeadGroupState
 from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
 from lcache.cache.recompress import Recompress
 from lcache.cache.registry import LayerPolicies
@@ -20,14 +22,17 @@ from lcache.cache.scored import ScoredPolicy
 from lcache.cache.scorers import TOVA, KeyNorm, Random
 from lcache.cache.selection import evict, keep_top, priority, select
 from lcache.cache.snapkv import SnapKV
-from lcache.cache.state import EMPTY, CacheView, KVState, empty_state
+from lcache.cache.state import EMPTY, KVState, empty_state
+from lcache.cache.view import CacheView, Segment
 from lcache.cache.voting import observer_probs, observers, pool_by_position
 from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "KVState", "KeyNorm",
+__all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "HeadGroupState", "HeadGroups",
+           "KVState", "KeyNorm",
            "LayerPolicies", "Policy", "PrefillMass", "Quantized", "QuantizedKVState", "Random",
-           "Recompress", "ScoredPolicy", "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware",
-           "advance_seen", "cache_bytes", "dynamic", "empty_state", "evict", "keep_top",
+           "Recompress", "ScoredPolicy", "Segment", "SlidingWindow", "SnapKV", "StreamingLLM",
+           "ValueAware", "advance_seen", "cache_bytes", "duo_layers", "dynamic", "empty_state",
+           "evict", "keep_top",
            "layer_policies", "reserve_decode_room",
            "observer_probs", "observers", "per_layer", "pool_by_position", "priority", "pyramid",
            "quantized", "registry", "select", "uniform", "write_slots"]

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from lcache.cache import validate as v
 from lcache.cache.registry import register
-from lcache.cache.state import EMPTY, CacheView, KVState, empty_state
+from lcache.cache.state import EMPTY, KVState, empty_state
+from lcache.cache.view import CacheView
 
 
 @jax.tree_util.register_dataclass
@@ -46,7 +47,8 @@ def _checked_prefill(fn):
     def prefill(self, state, keys, values, pos, **kw):
         where = f"{type(self).__name__}.prefill"
         v.check_state(where, state, self.state_type)
-        v.check_chunk(where, state, keys, values, pos, kw.get("queries"), kw.get("mass"))
+        v.check_chunk(where, state, keys, values, pos, kw.get("queries"), kw.get("mass"),
+                      self.entry_sizes(state))
         self.check_stream(where, state, pos)
         return fn(self, state, keys, values, pos, **kw)
     return prefill
@@ -68,7 +70,7 @@ def _checked_observe(fn):
     def observe(self, state, slot_probs):
         where = f"{type(self).__name__}.observe"
         v.check_state(where, state, self.state_type)
-        v.check_slot_probs(where, state, slot_probs)
+        v.check_slot_probs(where, state, slot_probs, self.entry_sizes(state))
         return fn(self, state, slot_probs)
     return observe
 
@@ -132,8 +134,14 @@ class Policy:
         del state
         v.check_positions(where, pos_BT)
 
+    def entry_sizes(self, state) -> tuple[int, ...]:
+        """Last-axis sizes ``prefill``'s ``mass.cache`` and ``observe``'s ``slot_probs`` may
+        have: the view's flat frame ``F`` (``view.CacheView``), which is ``C`` for a policy
+        whose view is its one ``KVState``."""
+        return (state.pos.shape[2],)
+
     def view(self, state: KVState) -> CacheView:
-        return CacheView(
+        return CacheView.single(
             keys=state.keys, values=state.values, valid=state.valid, key_pos=state.pos,
             rope_pos=jnp.maximum(state.pos, 0),
             query_offset=jnp.zeros_like(state.seen),

@@ -42,7 +42,8 @@ from lcache.cache import quant_ops as qo
 from lcache.cache import sinks as sk
 from lcache.cache import validate as v
 from lcache.cache.base import Policy, PrefillMass
-from lcache.cache.state import KVState
+from lcache.cache.state import EMPTY, KVState
+from lcache.cache.view import CacheView, Segment
 
 SINK_DETECT = (None, "outlier")
 SCALE_DTYPES = ("bfloat16", "float16")
@@ -168,8 +169,67 @@ class Quantized(Policy):
             sink_keys=zeros(n, key_dim, dt=dtype), sink_values=zeros(n, value_dim, dt=dtype),
             pos=pos, score=score, seen=seen)
 
-    def view(self, state: QuantizedKVState):
-        return self.inner.view(self.materialise(state))
+    def entry_sizes(self, state: QuantizedKVState) -> tuple[int, ...]:
+        """Feedback on the wrapped policy's slots ``C`` or on the view's ``C + N + R``."""
+        return (state.capacity, state.capacity + self.keep_sinks + self.residual)
+
+    def _layout(self, st: QuantizedKVState):
+        """Where each slot's token lives: ``[(mask [B, H, C], index [B, H, C], size)]`` for
+        the sinks and the ring (the slots the codes serve are the rest)."""
+        out = []
+        if self.keep_sinks:
+            sink, sink_idx = sk.is_sink(st.pos, st.sink_pos)
+            out.append((sink, sink_idx, self.keep_sinks))
+        if self.residual:
+            recent = st.pos >= self.flush_point(st.seen)[:, None, None]
+            if self.keep_sinks:
+                recent &= ~out[0][0]
+            out.append((recent, jnp.where(st.pos >= 0, st.pos % self.residual, 0),
+                        self.residual))
+        return out
+
+    def view(self, state: QuantizedKVState) -> CacheView:
+        """Segments: the codes (``codes`` for kernels; keys/values dequantized for ``jnp``),
+        then the full-precision sinks and residual ring, each entry with the positions and
+        validity of the slot that holds its token."""
+        from pallas_kernels.quant_decode import QuantCodes
+
+        st, c, g = state, state.capacity, self.group
+        dtype = st.ring_keys.dtype
+        keys = qo.dequantize(qo.unpack(st.k_codes, self.bits), qo.per_slot(st.k_scale, g, c),
+                             qo.per_slot(st.k_zero, g, c)).astype(dtype)
+        values = qo.dequantize_per_token(st.v_codes, st.v_scale, st.v_zero, self.bits,
+                                         g).astype(dtype)
+        inner = self.inner.view(KVState(keys, values, st.pos, st.score, st.seen))
+        slots = inner.segments[0]
+        layout = self._layout(st)
+        elsewhere = functools.reduce(jnp.logical_or, [m for m, _, _ in layout],
+                                     jnp.zeros(st.pos.shape, bool))
+        codes = QuantCodes(st.k_codes, st.k_scale, st.k_zero, st.v_codes, st.v_scale,
+                           st.v_zero, slots.valid & ~elsewhere)
+        segments = [dataclasses.replace(slots, valid=codes.valid, codes=codes)]
+        stores = ((st.sink_keys, st.sink_values) if self.keep_sinks else None,
+                  (st.ring_keys, st.ring_values) if self.residual else None)
+        for (mask, index, size), (k, v_) in zip(layout, [x for x in stores if x], strict=True):
+            m = mask & slots.valid
+            segments.append(Segment(
+                k, v_, _scatter(index, m, m, size, False), _scatter(index, m, slots.key_pos,
+                                                                     size, EMPTY),
+                _scatter(index, m, slots.rope_pos, size, 0), keys_rotated=slots.keys_rotated))
+        return dataclasses.replace(inner, segments=tuple(segments))
+
+    def to_slots(self, state: QuantizedKVState, x_BHF):
+        """Flat-frame feedback ``[B, H, C + N + R]`` -> the wrapped policy's slots
+        ``[B, H, C]`` (unchanged when already ``[B, H, C]``)."""
+        c = state.capacity
+        if x_BHF.shape[-1] == c:
+            return x_BHF
+        out, start = x_BHF[..., :c], c
+        for mask, index, size in self._layout(state):
+            part = x_BHF[..., start:start + size]
+            out = out + jnp.where(mask, jnp.take_along_axis(part, index, axis=2), 0.0)
+            start += size
+        return out
 
     def prefill(self, state: QuantizedKVState, keys, values, pos, *, queries=None,
                 mass: PrefillMass | None = None, sink_score=None) -> QuantizedKVState:
@@ -186,6 +246,8 @@ class Quantized(Policy):
             cand = sk.mass_score(mass.chunk, pos)
         else:
             raise ValueError("sink_detect='outlier' needs sink_score or mass at prefill")
+        if mass is not None:
+            mass = PrefillMass(self.to_slots(state, mass.cache), mass.chunk)
         return self._update(
             state, lambda kv: self.inner.prefill(kv, keys, values, pos, queries=queries,
                                                  mass=mass), keys, values, pos, cand)
@@ -199,7 +261,7 @@ class Quantized(Policy):
                             keys, values, pos_BT, cand)
 
     def observe(self, state: QuantizedKVState, slot_probs) -> QuantizedKVState:
-        fed = self.inner.observe(self.materialise(state), slot_probs)
+        fed = self.inner.observe(self.materialise(state), self.to_slots(state, slot_probs))
         return dataclasses.replace(state, score=fed.score)
 
     # -- storage ---------------------------------------------------------------------------------
@@ -301,9 +363,24 @@ class Quantized(Policy):
                 scatter(st.ring_values, slot_BHT, values_BHTD))
 
 
+def _scatter(index_BHC, mask_BHC, x_BHC, size, fill):
+    """``[B, H, size]``: entry ``i`` takes ``x`` of the slot with ``mask`` and ``index == i``
+    (at most one), else ``fill``."""
+
+    def row(idx, m, x):
+        return jnp.full((size,), fill, x.dtype).at[jnp.where(m, idx, size)].set(x, mode="drop")
+
+    return jax.vmap(jax.vmap(row))(index_BHC, mask_BHC, x_BHC)
+
+
 def quantized(policy: Policy, *, bits: int = 4, group: int = 32, residual: int = 128,
               keep_sinks: int = 4, sink_detect: str | None = None,
               scale_dtype: str = "bfloat16") -> Quantized:
     """KIVI storage (``bits`` in {2, 4, 8}, groups of ``group``, ``residual`` newest tokens in
-    full precision) with ``keep_sinks`` full-precision sinks around ``policy``."""
+    full precision) with ``keep_sinks`` full-precision sinks around ``policy`` (around each
+    group's policy of a ``HeadGroups``)."""
+    if hasattr(policy, "map_groups"):
+        return policy.map_groups(lambda p: quantized(
+            p, bits=bits, group=group, residual=residual, keep_sinks=keep_sinks,
+            sink_detect=sink_detect, scale_dtype=scale_dtype))
     return Quantized(policy, bits, group, residual, keep_sinks, sink_detect, scale_dtype)

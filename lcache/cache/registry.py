@@ -37,6 +37,9 @@ Registered policies (``table()``; arguments with their defaults, then the budget
 
     dense
         ignores the budget: prompt_len + max_new + num_model_sinks slots, nothing evicted
+    duo(sparsity=0.5, sinks=4)
+        streaming heads (the sparsity lowest head_gates of the model) keep sinks + budget - sinks
+        recent tokens; retrieval heads keep everything (prompt_len + max_new + num_model_sinks)
     dynamickv(window=32, kernel=5, pool=avg [avg|max], gqa=mean [mean|max|per_query_head],
               decode=max_new, r_max=10.0)
         per-layer snapkv budgets (mean = budget) from DynamicKV's global top votes of a probe
@@ -135,13 +138,15 @@ class Context:
     ``prompt_len``: tokens of the (padded) prompt; ``num_layers``: the model's layers;
     ``max_new``: tokens to generate after the prompt; ``num_model_sinks``: the model's learnable
     sink tokens (``ModelConfig.num_sink_tokens``); ``probe(policy) -> caches``: a prefill of the
-    prompts under ``policy`` (one state per layer), for DynamicKV."""
+    prompts under ``policy`` (one state per layer), for DynamicKV; ``head_gates``: the model's
+    DuoAttention gates ``[L, Hkv]`` (``duo.load_gates``)."""
 
     prompt_len: int = 0
     num_layers: int = 0
     max_new: int = 0
     num_model_sinks: int = 0
     probe: Callable | None = None
+    head_gates: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +347,7 @@ def _storage_spec(q) -> str:
     """The suffix of a ``Quantized`` policy."""
     from lcache.cache.quantized import Quantized  # see _storage
 
+    q = getattr(q, "storage", q)  # head groups: the storage of their groups
     if q.scale_dtype != default_of(Quantized, "scale_dtype") or (
             q.keep_sinks == 0 and q.sink_detect is not None):
         raise ValueError(f"{q!r} has no spec: the storage suffix has the default scale_dtype "
@@ -389,6 +395,11 @@ def _format_args(accepted: dict[str, Arg], values: dict) -> str:
     return f"({','.join(shown)})" if shown else ""
 
 
+def _unset(value) -> bool:
+    """A ``Context`` field left at its default (0, None; arrays are set)."""
+    return value is None or (not hasattr(value, "shape") and not value)
+
+
 def _resolve(text: str, budget: int, ctx: Context, need_probe: bool):
     """Every check of ``build`` that needs no work -> ``(entry, args, storage kwargs)``."""
     p = parse(text)
@@ -401,7 +412,7 @@ def _resolve(text: str, budget: int, ctx: Context, need_probe: bool):
         storage = _storage(p)
     except ValueError as err:
         raise ValueError(f"policy spec {text!r}: {err}") from err
-    missing = [n for n in entry.needs if not getattr(ctx, n) and (n != "probe" or need_probe)]
+    missing = [n for n in entry.needs if _unset(getattr(ctx, n)) and (n != "probe" or need_probe)]
     if missing:
         raise ValueError(f"{p.name} needs {' and '.join(missing)} (see registry.Context)")
     if entry.least is not None:
@@ -430,11 +441,12 @@ def check(text: str, budget: int, **context) -> None:
 
 
 def build(text: str, budget: int, *, prompt_len: int = 0, num_layers: int = 0,
-          max_new: int = 0, num_model_sinks: int = 0, probe: Callable | None = None):
+          max_new: int = 0, num_model_sinks: int = 0, probe: Callable | None = None,
+          head_gates=None):
     """The policy of spec ``text`` keeping ``budget`` tokens per layer and head (sinks and
     windows included; see ``Context`` for the rest) -> a ``Policy``, or ``LayerPolicies``
     (one per layer) for per-layer budgets. Raises ValueError before any work."""
-    ctx = Context(prompt_len, num_layers, max_new, num_model_sinks, probe)
+    ctx = Context(prompt_len, num_layers, max_new, num_model_sinks, probe, head_gates)
     budget = _tokens(budget)
     entry, args, storage = _resolve(text, budget, ctx, need_probe=True)
     try:

@@ -2,7 +2,7 @@
 
 Layout is head-major (the layout decode kernels read fastest):
 
-* ``keys``   ``[B, H, C, Dk]``  cached keys (rotated or not: see ``CacheView.keys_rotated``)
+* ``keys``   ``[B, H, C, Dk]``  cached keys (rotated or not: see ``view.CacheView``)
 * ``values`` ``[B, H, C, Dv]``
 * ``pos``    ``[B, H, C]`` int32 original token positions, ``-1`` for an empty slot
 * ``score``  ``[B, H, C]`` float32 policy-specific slot score (accumulated attention for H2O)
@@ -72,20 +72,3 @@ def empty_state(batch: int, heads: int, capacity: int, key_dim: int, value_dim: 
     )
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class CacheView:
-    """What attention reads from a cache.
-
-    ``key_pos`` are original positions (causal masking); ``rope_pos`` are the positions keys are
-    rotated with when ``keys_rotated`` is False (StreamingLLM renumbers inside the cache); a query
-    at original position ``p`` is rotated with ``p - query_offset``.
-    """
-
-    keys: jax.Array  # [B, H, C, Dk]
-    values: jax.Array  # [B, H, C, Dv]
-    valid: jax.Array  # [B, H, C] bool
-    key_pos: jax.Array  # [B, H, C] int32
-    rope_pos: jax.Array  # [B, H, C] int32
-    query_offset: jax.Array  # [B] int32
-    keys_rotated: bool = dataclasses.field(default=True, metadata=dict(static=True))

@@ -136,6 +136,8 @@ def check_state(where: str, state, kind: type) -> None:
 
 def state_dims(where: str, state) -> tuple[int, int, int, int | None, int | None]:
     """``(B, H, C, Dk, Dv)`` of a cache state (``Dk``/``Dv`` None when it does not say)."""
+    if callable(getattr(state, "dims", None)):  # a composite state (head groups) says
+        return state.dims()
     pos = getattr(state, "pos", None)
     if pos is None or getattr(state, "seen", None) is None or len(getattr(pos, "shape", ())) != 3:
         raise TypeError(f"{where}: state must be a cache state from the policy's init(), got "
@@ -144,10 +146,23 @@ def state_dims(where: str, state) -> tuple[int, int, int, int | None, int | None
     return b, h, c, getattr(state, "key_dim", None), getattr(state, "value_dim", None)
 
 
-def check_chunk(where: str, state, keys, values, pos, queries=None, mass=None) -> None:
+def _check_entries(where: str, name: str, x, b: int, h: int, sizes: Sequence[int]) -> None:
+    """``x [B, H, F]`` float with ``F`` one of ``sizes`` (a view's flat frame, or slots)."""
+    if len(sizes) == 1:
+        check_array(where, name, x, "B H C", (b, h, sizes[0]), "float")
+        return
+    f = check_array(where, name, x, "B H F", (b, h, None), "float")[2]
+    if f not in sizes:
+        raise ValueError(f"{where}: {name} must be [B={b}, H={h}, F] with F in {list(sizes)} "
+                         f"(the cache's slots or its view's entries), got shape {tuple(x.shape)}")
+
+
+def check_chunk(where: str, state, keys, values, pos, queries=None, mass=None,
+                sizes: Sequence[int] | None = None) -> None:
     """``prefill``: ``keys [B, H, T, Dk]``, ``values [B, H, T, Dv]``, ``pos [B, T]`` int,
-    ``queries [B, Hq, T, Dk]`` (``Hq`` a multiple of ``H``), ``mass.cache [B, H, C]`` and
-    ``mass.chunk [B, H, T]`` float, against the state's ``B, H, C, Dk, Dv``."""
+    ``queries [B, Hq, T, Dk]`` (``Hq`` a multiple of ``H``), ``mass.cache [B, H, F]`` and
+    ``mass.chunk [B, H, T]`` float, against the state's ``B, H, C, Dk, Dv``; ``F`` one of
+    ``sizes`` (default ``(C,)``)."""
     b, h, c, dk, dv = state_dims(where, state)
     t = check_array(where, "pos", pos, "B T", (b, None), "int")[1]
     check_array(where, "keys", keys, "B H T Dk", (b, h, t, dk), "float")
@@ -159,7 +174,7 @@ def check_chunk(where: str, state, keys, values, pos, queries=None, mass=None) -
             raise ValueError(f"{where}: queries have {hq} heads, not a multiple of the cache's "
                              f"{h} heads")
     if mass is not None:
-        check_array(where, "mass.cache", mass.cache, "B H C", (b, h, c), "float")
+        _check_entries(where, "mass.cache", mass.cache, b, h, sizes or (c,))
         check_array(where, "mass.chunk", mass.chunk, "B H T", (b, h, t), "float")
 
 
@@ -171,10 +186,10 @@ def check_token(where: str, state, key, value, pos) -> None:
     check_array(where, "value", value, "B H Dv", (b, h, dv), "float")
 
 
-def check_slot_probs(where: str, state, slot_probs) -> None:
-    """``observe``: ``slot_probs [B, H, C]`` float."""
+def check_slot_probs(where: str, state, slot_probs, sizes: Sequence[int] | None = None) -> None:
+    """``observe``: ``slot_probs [B, H, F]`` float, ``F`` one of ``sizes`` (default ``(C,)``)."""
     b, h, c, _, _ = state_dims(where, state)
-    check_array(where, "slot_probs", slot_probs, "B H C", (b, h, c), "float")
+    _check_entries(where, "slot_probs", slot_probs, b, h, sizes or (c,))
 
 
 # -- values --------------------------------------------------------------------------------------

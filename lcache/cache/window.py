@@ -30,7 +30,8 @@ import numpy as np
 from lcache.cache import validate as v
 from lcache.cache.base import Policy, write_slots
 from lcache.cache.registry import Arg, default_of, register
-from lcache.cache.state import EMPTY, CacheView
+from lcache.cache.state import EMPTY
+from lcache.cache.view import CacheView
 
 POSITIONS = ("cache", "original")
 
@@ -89,9 +90,9 @@ class _SinkRing(Policy):
             return super().view(state)
         offset = self.query_offset(state.seen)
         rank = jnp.where(state.pos < self.num_sinks, state.pos, state.pos - offset[:, None, None])
-        return CacheView(keys=state.keys, values=state.values, valid=state.valid,
-                         key_pos=state.pos, rope_pos=jnp.maximum(rank, 0), query_offset=offset,
-                         keys_rotated=False)
+        return CacheView.single(keys=state.keys, values=state.values, valid=state.valid,
+                                key_pos=state.pos, rope_pos=jnp.maximum(rank, 0),
+                                query_offset=offset, keys_rotated=False)
 
     def visible(self, q_pos, k_pos):
         return (k_pos <= q_pos) & ((k_pos < self.num_sinks) | (k_pos > q_pos - self.window))

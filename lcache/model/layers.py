@@ -7,8 +7,6 @@ sequence, training), ``prefill`` (a chunk over a cache: attend, then let the pol
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from absl import logging
@@ -165,8 +163,9 @@ class Attention(nnx.Module):
     def prefill(self, x, pos_BT, state: KVState, policy: Policy):
         """Attend a chunk over the cache view plus itself, then let the policy store it."""
         q, k, v = self._qkv(x)
-        view = policy.view(state)
-        rope_pos = (pos_BT - view.query_offset[:, None])[:, None]
+        full = policy.view(state)
+        view = full.flat()  # [B, H, F, .]: every segment, in the view's flat frame
+        rope_pos = (pos_BT - full.query_offset[:, None])[:, None]
         q_rot, k_rot = (apply_rope(q, rope_pos, self.inv_freq),
                         apply_rope(k, rope_pos, self.inv_freq))
         cache_keys = view.keys if view.keys_rotated else apply_rope(
@@ -198,16 +197,14 @@ class Attention(nnx.Module):
         reps = policy.cache_heads(cfg.num_kv_heads, cfg.num_heads) // cfg.num_kv_heads
         k, v = jnp.repeat(k, reps, axis=1), jnp.repeat(v, reps, axis=1)
         state = policy.append(state, k[:, :, 0], v[:, :, 0], pos_B)
-        view = policy.view(state)
-        view = dataclasses.replace(view, valid=view.valid & self._in_window(
-            pos_B[:, None, None], view.key_pos))
+        view = policy.view(state).restrict(
+            lambda key_pos: self._in_window(pos_B[:, None, None], key_pos))
         q_rot = apply_rope(q, (pos_B - view.query_offset)[:, None, None], self.inv_freq)
         out_BHqD, slot_probs = decode_over_view(
             q_rot[:, :, 0], view, self.inv_freq, variant=self.cfg.attention,
             sink_logit=None if self.cfg.attention != "sink_logit" else self.sink_logit[...],
-            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl, state=state,
-            policy=policy)
+            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl)
         state = policy.observe(state, slot_probs)
         b, hq, d = out_BHqD.shape
-        h = view.keys.shape[1]
+        h = view.num_heads
         return self._output(x, out_BHqD.reshape(b, h, hq // h, 1, d)), state

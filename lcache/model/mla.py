@@ -130,8 +130,9 @@ class MLAttention(nnx.Module):
     def prefill(self, x, pos_BT, state, policy: Policy):
         """Attend a chunk over the cache view plus itself, then let the policy store it."""
         q_n, q_r, c, k_r = self._project(x)
-        view = policy.view(state)
-        rope_pos = (pos_BT - view.query_offset[:, None])[:, None]
+        full = policy.view(state)
+        view = full.flat()  # [B, 1, F, .]: the latent cache in the view's flat frame
+        rope_pos = (pos_BT - full.query_offset[:, None])[:, None]
         q_r = apply_rope(q_r, rope_pos, self.inv_freq)
         k_r_rot = apply_rope(k_r, rope_pos, self.inv_freq)
         cache_k = view.keys if view.keys_rotated else apply_rope(
@@ -160,8 +161,9 @@ class MLAttention(nnx.Module):
         if policy.rope_mode == "original":
             k_r = apply_rope(k_r, pos_B[:, None, None], self.inv_freq)
         state = policy.append(state, k_r[:, :, 0], c[:, :, 0], pos_B)
-        view = policy.view(state)
-        q_r = apply_rope(q_r, (pos_B - view.query_offset)[:, None, None], self.inv_freq)
+        full = policy.view(state)
+        view = full.flat()
+        q_r = apply_rope(q_r, (pos_B - full.query_offset)[:, None, None], self.inv_freq)
         keys = view.keys if view.keys_rotated else apply_rope(view.keys, view.rope_pos,
                                                               self.inv_freq)
         valid = view.valid & self._in_window(pos_B[:, None, None], view.key_pos)

@@ -23,6 +23,7 @@ from lcache.cache import (
     SnapKV,
     StreamingLLM,
     ValueAware,
+    duo_layers,
     dynamic,
     pyramid,
     registry,
@@ -41,7 +42,9 @@ def probe_caches(policy):
             for _ in range(L)]
 
 
-CTX = dict(prompt_len=T, num_layers=L, max_new=NEW, num_model_sinks=SINKS, probe=probe_caches)
+GATES = np.array([[0.3, 0.9], [0.1, 0.5], [0.7, 0.2]])  # DuoAttention head gates [L, Hkv]
+CTX = dict(prompt_len=T, num_layers=L, max_new=NEW, num_model_sinks=SINKS, probe=probe_caches,
+           head_gates=GATES)
 B = 24  # the budget of the split checks
 
 # spec -> the policy it must build at budget B with CTX: the documented splits, by hand
@@ -59,6 +62,7 @@ SPLITS = {
     "dynamickv(window=8)": tuple(SnapKV(b, 8, decode_capacity=NEW)
                                  for b in dynamic(probe_caches(SnapKV(T + SINKS, 8,
                                                                       decode_capacity=0)), 24, 8)),
+    "duo(sinks=2)": duo_layers(GATES, 0.5, 2, 22, Dense(T + NEW + SINKS)),
     "tova": TOVA(24, window=1),
     "knorm": KeyNorm(24),
     "random(seed=3)": Random(24, seed=3),
@@ -138,7 +142,7 @@ def test_unexpressible_policies_have_no_spec():
 # -- errors: all raised before any work ---------------------------------------------------------
 
 ERRORS = [
-    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: dense, dynamickv, h2o"),
+    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: dense, duo, dynamickv, h2o"),
     ("snapkv(windw=8)", B, "snapkv has no argument 'windw'; it accepts window, kernel, pool, "
                            "gqa, decode"),
     ("tova(seed=1)", B, "tova has no argument 'seed'; it accepts window"),

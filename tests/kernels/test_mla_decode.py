@@ -85,8 +85,8 @@ def test_mla_decode_over_view_matches_grouped_attention():
 
     ql, qr, lat, kr, valid = make_case(5, 2, 6, 40, 32, 16, jnp.float32)
     pos = jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (2, 1, 40))
-    view = CacheView(keys=kr, values=lat, valid=valid, key_pos=pos, rope_pos=pos,
-                     query_offset=jnp.zeros((2,), jnp.int32))
+    view = CacheView.single(keys=kr, values=lat, valid=valid, key_pos=pos, rope_pos=pos,
+                            query_offset=jnp.zeros((2,), jnp.int32))
     got = run(lambda a, b, v: mla_decode_over_view(a, b, v, None, scale=0.2, impl="pallas"),
               ql, qr, view)
     q = jnp.concatenate([ql, qr], -1)[:, None, :, None]

@@ -1,7 +1,7 @@
 """``decode_over_view`` on a quantized cache: the quantized kernel (codes + sinks + residual
-ring, interpreted on CPU) against the dequantized-view XLA path, through lcache policies."""
+ring, interpreted on CPU) against the XLA log-sum-exp merge of the same segments (codes
+dequantized), through lcache policies."""
 
-import dataclasses
 import functools
 
 import jax
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from kernel_helpers import compile_fast
 
-from lcache.attention.decode import decode_over_view, quantized_inputs
+from lcache.attention.decode import decode_over_view
 from lcache.cache import Dense, StreamingLLM, quantized
 
 B, H, G, D = 2, 2, 2, 64  # D >= 64: int4 rows of >= 16 code words
@@ -57,15 +57,12 @@ def test_quantized_kernel_matches_dequantized_view(name, sink):
     kw = dict(variant="sink_logit", sink_logit=jnp.asarray(rng.normal(size=H * G) * 2,
                                                            jnp.float32)) if sink else {}
 
-    def attend(q, state, first, impl, quant):
-        view = policy.view(state)
-        view = dataclasses.replace(view, valid=view.valid & (view.key_pos >= first))
-        quant_kw = dict(state=state, policy=policy) if quant else {}
-        return decode_over_view(q, view, None, impl=impl, **quant_kw, **kw)
+    def attend(q, state, first, impl):
+        view = policy.view(state).restrict(lambda key_pos: key_pos >= first)
+        return decode_over_view(q, view, None, impl=impl, **kw)
 
-    want_fn = jax.jit(functools.partial(attend, impl="xla", quant=False))
-    got_fn = compile_fast(functools.partial(attend, impl="pallas", quant=True), q, state,
-                          jnp.int32(0))
+    want_fn = jax.jit(functools.partial(attend, impl="xla"))
+    got_fn = compile_fast(functools.partial(attend, impl="pallas"), q, state, jnp.int32(0))
     for first in (0, n - 40)[:2 if name == "dense" else 1]:
         first = jnp.int32(first)
         want, got = want_fn(q, state, first), got_fn(q, state, first)
@@ -80,8 +77,7 @@ def test_segments_partition_the_valid_slots():
     policy, prefill, steps = POLICIES["dense"]
     x = (jnp.ones((B, H, prefill + steps, D)), jnp.ones((B, H, prefill + steps, D)))
     state = _fill(policy, x, prefill, steps)
-    split = jax.jit(lambda st: quantized_inputs(policy.view(st), st, policy)[:2])
-    codes, (sinks, ring) = split(state)
+    codes, sinks, ring = jax.jit(lambda st: policy.view(st).segments)(state)
     counts = [int(a.sum()) for a in (codes.valid, sinks.valid, ring.valid)]
     seen = prefill + steps
     flush = 32 * -(-(seen - 32) // 32)
