@@ -7,6 +7,8 @@
     python -m experiments.train --config=configs/train.py:ref,tasks=8,time=500 --workdir=runs/ref
     python -m experiments.train --config=configs/train.py:ref,tasks=8,sinks=1,time=500 \
         --workdir=runs/ref_sinktoken
+    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=4,aux=0.3,\
+init=models/softmax,steps=600,lr=5e-4,time=300 --workdir=runs/ref_registers4
 
 Variants: smoke (CPU, < 1 min), tiny (CPU, minutes), small (the GPU reference model),
 medium (a 100M-class shape used to measure GPU training throughput / MFU), ref (the v2
@@ -15,7 +17,10 @@ bf16; RESULTS.md has the recipe and what it reached),
 backcopy (Guo et al.'s Bigram-Backcopy task: strong sinks in minutes).
 Args after the variant: attn=<variant>, sinks=<learnable sink tokens>, gated=<bool>, wd=<float>,
 steps=<int>, mla=<bool>, tasks=<RULER-style task rows per batch (lcache.data.ruler)>,
-time=<seconds budget>, seed=<int>. Anything else: --config.path.to.key=value.
+time=<seconds budget>, seed=<int>, registers=<register depth D: MuToR-style register tokens,
+lcache/model/registers.py>, every=<one register after every k-th token>, mtp=<DeepSeek-style MTP
+depth>, aux=<lambda of the register / MTP loss>, init=<a saved model to fine-tune from
+(lcache.train.warm_start)>, lr=<peak learning rate>. Anything else: --config.path.to.key=value.
 """
 
 import ml_collections
@@ -49,7 +54,8 @@ TRAIN = {
 
 def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="smoke", attn="softmax", sinks=0, gated=False, wd=0.5, steps=0,
-                  tasks=0, mla=False, seed=0, time=0.0)
+                  tasks=0, mla=False, seed=0, time=0.0, registers=0, every=1, mtp=0, aux=0.3,
+                  init="", lr=0.0)
     v = a["variant"]
     if v not in MODELS:
         raise ValueError(f"unknown train variant {v!r}; expected one of {sorted(MODELS)}")
@@ -57,13 +63,18 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     c.task = "backcopy" if v == "backcopy" else "corpus"
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=259, attention=a["attn"], num_sink_tokens=a["sinks"],
-        gated_attention=a["gated"], compute_dtype="float32" if v in ("smoke", "tiny")
+        gated_attention=a["gated"], register_depth=a["registers"], mtp_depth=a["mtp"],
+        compute_dtype="float32" if v in ("smoke", "tiny")
         else "bfloat16", max_seq_len=TRAIN[v]["seq_len"], **MODELS[v]))
     if a["mla"]:
         c.model.update(mla_kv_lora_rank=64, mla_q_lora_rank=0, mla_qk_nope_dim=32,
                        mla_qk_rope_dim=16, mla_v_dim=32)
-    c.train = ml_collections.ConfigDict(dict(weight_decay=a["wd"], seed=a["seed"],
-                                             time_budget_s=a["time"], **TRAIN[v]))
+    c.train = ml_collections.ConfigDict(dict(
+        weight_decay=a["wd"], seed=a["seed"], time_budget_s=a["time"], register_every=a["every"],
+        aux_weight=a["aux"] if a["registers"] or a["mtp"] else 0.0, **TRAIN[v]))
+    if a["lr"]:
+        c.train.lr = a["lr"]
+    c.init_from = a["init"]  # a saved model directory to fine-tune from ('' = from scratch)
     if a["steps"]:
         c.train.steps = a["steps"]
     c.data = ml_collections.ConfigDict(dict(

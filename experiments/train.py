@@ -22,7 +22,7 @@ from lcache.sources import (
     heldout_batches,
     load_corpus,
 )
-from lcache.train import TrainConfig, Trainer
+from lcache.train import TrainConfig, Trainer, warm_start
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/train.py:smoke")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
@@ -54,6 +54,10 @@ def main(argv):
     del argv
     c, workdir = _CONFIG.value, _WORKDIR.value
     trainer, source, eval_source, tok, info = build(c, workdir)
+    if c.get("init_from") and trainer.step == 0:  # a resumed run keeps its checkpoint
+        fresh = warm_start(trainer.model, c.init_from)
+        info = dict(info, init_from=c.init_from)
+        logging.info("warm start from %s; new parameters: %s", c.init_from, fresh)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(c.to_json(indent=1))
 

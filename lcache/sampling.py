@@ -43,16 +43,23 @@ def sample_logits(logits_BV, rng, s: Sampling):
     s.check_vocab(logits_BV.shape[-1])  # static: checked while tracing
     if s.temperature == 0:
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, sampling_logits(logits_BV, s), axis=-1).astype(jnp.int32)
+
+
+def sampling_logits(logits_BV, s: Sampling):
+    """The logits ``[..., V]`` float32 that sampling (``temperature > 0``) draws from: tempered,
+    ``-inf`` outside the top-k and the nucleus (speculative decoding compares the
+    distributions: ``softmax`` of these)."""
     logits = logits_BV.astype(jnp.float32) / s.temperature
     if s.top_k:
-        kth = jax.lax.top_k(logits, s.top_k)[0][:, -1:]
+        kth = jax.lax.top_k(logits, s.top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if s.top_p < 1:
-        sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
+        sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(sorted_desc, axis=-1)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         before = jnp.cumsum(probs, axis=-1) - probs
         cutoff = jnp.min(jnp.where(before < s.top_p, sorted_desc, jnp.inf), axis=-1,
                          keepdims=True)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return logits

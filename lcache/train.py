@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from lcache.checkpoint import flatten_params, load_model
 from lcache.model import ModelConfig, Transformer
 from lcache.objective import Objective, weighted_ce
 
@@ -71,6 +72,29 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(tc.clip),
                        optax.adamw(schedule, b1=0.9, b2=tc.b2,
                                    weight_decay=tc.weight_decay, mask=decay_mask))
+
+
+# config fields a warm start may change: new register / MTP heads, numerics, training context
+WARM_START_FREE = ("register_depth", "mtp_depth", "compute_dtype", "train_attention",
+                   "attention_impl", "max_seq_len")
+
+
+def warm_start(model: Transformer, model_dir: str) -> list[str]:
+    """Fine-tuning: copy every parameter of the saved model in ``model_dir`` into ``model``
+    (the register / MTP parameters it lacks keep their initialisation) -> the names of the
+    parameters left at initialisation. Raises ValueError if the two models differ in more than
+    ``WARM_START_FREE``."""
+    saved, _, _ = load_model(model_dir)
+    differ = {k: (a, b) for (k, a), b in zip(saved.cfg.to_dict().items(),
+                                              model.cfg.to_dict().values(), strict=True)
+              if a != b and k not in WARM_START_FREE}
+    if differ:
+        raise ValueError(f"cannot warm-start from {model_dir!r}: the configs differ in "
+                         f"{differ} (saved, new)")
+    ours = flatten_params(nnx.state(model, nnx.Param))
+    theirs = flatten_params(nnx.state(saved, nnx.Param))
+    nnx.update(model, nnx.state(saved, nnx.Param))
+    return sorted(set(ours) - set(theirs))
 
 
 def loss_fn(model: Transformer, tokens_BT1, weights_BT):

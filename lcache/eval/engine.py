@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lcache.cache import Policy
-from lcache.eval import programs
+from lcache.eval import programs, speculative
 from lcache.eval.batching import (
     check_fits,
     check_generation,
@@ -195,6 +195,40 @@ class Engine(TeacherForced):
             if forced is not None:
                 nll.extend(np.asarray(res[1])[: stop - start])
         return [_cut_at_eos(row, sampling.eos_id) for row in out], nll
+
+    # -- self-speculative decoding -----------------------------------------------------------
+    def generate_speculative(self, prompts: Sequence[Sequence[int]],
+                             policy: Policy | Sequence[Policy], sampling: Sampling | None = None,
+                             *, draft_len: int, pad_to: int | None = None,
+                             batch: int | None = None, seed: int = 0, pad_multiple: int = 16
+                             ) -> tuple[list[np.ndarray], dict]:
+        """``generate`` with ``draft_len`` register drafts per pass, verified by the model
+        (``lcache.eval.speculative``: greedy output equals ``generate``'s token for token,
+        sampled output has its distribution) -> ``(tokens per prompt, stats)``; ``stats``:
+        ``acceptance_rate`` (accepted / proposed drafts), ``acceptance_per_position``
+        ``[draft_len]``, ``passes``. Needs a model trained with ``register_depth >
+        draft_len``; caches get room for ``draft_len + 1`` tokens past the last one."""
+        speculative.check_drafting(self.cfg, draft_len)
+        sampling = sampling or Sampling()
+        tokens, lengths = pad_prompts(prompts, pad_multiple, pad_to=pad_to)
+        check_tokens(tokens, self.cfg.vocab_size)
+        room = sampling.max_new_tokens + draft_len + 1
+        policy, _ = check_generation(self.cfg, policy, sampling, room)
+        check_fits(self.cfg, policy, int(lengths.max()), room)
+        out, accepted, passes = [], 0, 0
+        for i, (start, stop) in enumerate(micro_batches(len(tokens), batch)):
+            rows = stop - start if batch is None else batch
+            job = Job.of(speculative.generate_speculative, fill_rows(tokens[start:stop], rows),
+                         fill_rows(lengths[start:stop], rows), _key_bits(seed, i),
+                         policy=policy, sampling=sampling, draft_len=draft_len,
+                         cache_dtype=self.cache_dtype)
+            toks, acc, n = (np.asarray(x)[: stop - start] for x in self.run(job))
+            out.extend(toks)
+            accepted, passes = accepted + acc.sum(axis=0), passes + int(n.sum())
+        per_position = np.asarray(accepted, np.float64) / max(passes, 1)
+        stats = dict(acceptance_rate=float(per_position.mean()),
+                     acceptance_per_position=per_position.tolist(), passes=passes)
+        return [_cut_at_eos(row, sampling.eos_id) for row in out], stats
 
     # -- prefill -----------------------------------------------------------------------------
     def prefill_jobs(self, policy, *, pad_to: int, batch: int) -> list[Job]:

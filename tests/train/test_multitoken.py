@@ -60,3 +60,17 @@ def test_bad_objective_raises():
         Objective(aux_weight=-1.0)
     with pytest.raises(ValueError, match="register_every >= 1"):
         Objective(register_every=0)
+
+
+def test_warm_start_copies_the_base_model_and_keeps_new_registers(tmp_path):
+    from lcache.model import Transformer
+    from lcache.train import warm_start
+    base = Transformer(CFG, nnx.Rngs(7))
+    save_model(str(tmp_path / "base"), base, ByteTokenizer(), {}, dtype=jnp.float32)
+    model = Transformer(CFG.replace(register_depth=2), nnx.Rngs(8))
+    assert warm_start(model, str(tmp_path / "base")) == ["register_embed"]
+    ours = flatten_params(nnx.state(model, nnx.Param))
+    for name, value in flatten_params(nnx.state(base, nnx.Param)).items():
+        np.testing.assert_array_equal(ours[name], value, err_msg=name)
+    with pytest.raises(ValueError, match="configs differ"):
+        warm_start(Transformer(CFG.replace(ffn_dim=64), nnx.Rngs(0)), str(tmp_path / "base"))
