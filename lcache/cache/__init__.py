@@ -1,6 +1,7 @@
 """KV-cache state and policies. Imports only jax and numpy: usable in any JAX project."""
 
 from lcache.cache import registry
+from lcache.cache.adakv import AdaKV, PoolState
 from lcache.cache.base import Dense, Policy, PrefillMass, advance_seen, write_slots
 from lcache.cache.budgets import (
     Budget,
@@ -27,12 +28,11 @@ from lcache.cache.view import CacheView, Segment
 from lcache.cache.voting import observer_probs, observers, pool_by_position
 from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["EMPTY", "H2O", "TOVA", "Budget", "CacheView", "Dense", "HeadGroupState", "HeadGroups",
-           "KVState", "KeyNorm",
-           "LayerPolicies", "Policy", "PrefillMass", "Quantized", "QuantizedKVState", "Random",
-           "Recompress", "ScoredPolicy", "Segment", "SlidingWindow", "SnapKV", "StreamingLLM",
-           "ValueAware", "advance_seen", "cache_bytes", "duo_layers", "dynamic", "empty_state",
-           "evict", "keep_top",
-           "layer_policies", "reserve_decode_room",
-           "observer_probs", "observers", "per_layer", "pool_by_position", "priority", "pyramid",
-           "quantized", "registry", "select", "uniform", "write_slots"]
+__all__ = ["EMPTY", "H2O", "TOVA", "AdaKV", "Budget", "CacheView", "Dense", "HeadGroupState",
+           "HeadGroups", "KVState", "KeyNorm", "LayerPolicies", "Policy", "PoolState",
+           "PrefillMass", "Quantized", "QuantizedKVState", "Random", "Recompress", "ScoredPolicy",
+           "Segment", "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware", "advance_seen",
+           "cache_bytes", "duo_layers", "dynamic", "empty_state", "evict", "keep_top",
+           "layer_policies", "reserve_decode_room", "observer_probs", "observers", "per_layer",
+           "pool_by_position", "priority", "pyramid", "quantized", "registry", "select", "uniform",
+           "write_slots"]

@@ -35,6 +35,10 @@ its oracle and its test. Nothing else names it.
 
 Registered policies (``table()``; arguments with their defaults, then the budget split):
 
+    adakv(window=32, kernel=5, pool=avg [avg|max], decode=max_new, alpha=0.2)
+        H * budget prompt tokens per layer by one top-k of SnapKV's pooled votes across the heads
+        (every head keeps its window and its alpha * budget best), ragged per head; plus decode ring
+        slots per head (capacity budget + decode on average)
     dense
         ignores the budget: prompt_len + max_new + num_model_sinks slots, nothing evicted
     duo(sparsity=0.5, sinks=4)

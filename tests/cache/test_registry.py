@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from lcache.cache import (
     H2O,
     TOVA,
+    AdaKV,
     Dense,
     KeyNorm,
     LayerPolicies,
@@ -62,6 +63,7 @@ SPLITS = {
     "dynamickv(window=8)": tuple(SnapKV(b, 8, decode_capacity=NEW)
                                  for b in dynamic(probe_caches(SnapKV(T + SINKS, 8,
                                                                       decode_capacity=0)), 24, 8)),
+    "adakv(window=8,alpha=0.5)": AdaKV(24, 8, alpha=0.5, decode_capacity=NEW),
     "duo(sinks=2)": duo_layers(GATES, 0.5, 2, 22, Dense(T + NEW + SINKS)),
     "tova": TOVA(24, window=1),
     "knorm": KeyNorm(24),
@@ -142,7 +144,7 @@ def test_unexpressible_policies_have_no_spec():
 # -- errors: all raised before any work ---------------------------------------------------------
 
 ERRORS = [
-    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: dense, duo, dynamickv, h2o"),
+    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: adakv, dense, duo, dynamickv, h2o"),
     ("snapkv(windw=8)", B, "snapkv has no argument 'windw'; it accepts window, kernel, pool, "
                            "gqa, decode"),
     ("tova(seed=1)", B, "tova has no argument 'seed'; it accepts window"),
