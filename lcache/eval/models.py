@@ -13,6 +13,8 @@ RANDOM_MODELS = {
     "random": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=160),
     "random-sink": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=160,
                         num_sink_tokens=1),
+    "random-registers": dict(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=160,
+                             register_depth=3),
 }
 
 
