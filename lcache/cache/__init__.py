@@ -1,7 +1,7 @@
 """KV-cache state and policies. Imports only jax and numpy: usable in any JAX project."""
 
 from lcache.cache import registry
-from lcache.cache.adakv import AdaKV, PoolState
+from lcache.cache.adakv import AdaKV, PoolState, SnapVote
 from lcache.cache.base import Dense, Policy, PrefillMass, advance_seen, write_slots
 from lcache.cache.budgets import (
     Budget,
@@ -14,6 +14,7 @@ from lcache.cache.budgets import (
 )
 from lcache.cache.decode_room import reserve_decode_room
 from lcache.cache.duo import duo_layers
+from lcache.cache.expected import ExpectedAttention, ExpectedScores
 from lcache.cache.h2o import H2O, ValueAware
 from lcache.cache.head_groups import HeadGroups, HeadGroupState
 from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
@@ -28,11 +29,11 @@ from lcache.cache.view import CacheView, Segment
 from lcache.cache.voting import observer_probs, observers, pool_by_position
 from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["EMPTY", "H2O", "TOVA", "AdaKV", "Budget", "CacheView", "Dense", "HeadGroupState",
-           "HeadGroups", "KVState", "KeyNorm", "LayerPolicies", "Policy", "PoolState",
-           "PrefillMass", "Quantized", "QuantizedKVState", "Random", "Recompress", "ScoredPolicy",
-           "Segment", "SlidingWindow", "SnapKV", "StreamingLLM", "ValueAware", "advance_seen",
-           "cache_bytes", "duo_layers", "dynamic", "empty_state", "evict", "keep_top",
-           "layer_policies", "reserve_decode_room", "observer_probs", "observers", "per_layer",
-           "pool_by_position", "priority", "pyramid", "quantized", "registry", "select", "uniform",
-           "write_slots"]
+__all__ = ["EMPTY", "H2O", "TOVA", "AdaKV", "Budget", "CacheView", "Dense", "ExpectedAttention",
+           "ExpectedScores", "HeadGroupState", "HeadGroups", "KVState", "KeyNorm", "LayerPolicies",
+           "Policy", "PoolState", "PrefillMass", "Quantized", "QuantizedKVState", "Random",
+           "Recompress", "ScoredPolicy", "Segment", "SlidingWindow", "SnapKV", "SnapVote",
+           "StreamingLLM", "ValueAware", "advance_seen", "cache_bytes", "duo_layers", "dynamic",
+           "empty_state", "evict", "keep_top", "layer_policies", "reserve_decode_room",
+           "observer_probs", "observers", "per_layer", "pool_by_position", "priority", "pyramid",
+           "quantized", "registry", "select", "uniform", "write_slots"]

@@ -20,6 +20,7 @@ The view is two segments: the pool (``owner``) and the ring.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,30 +88,69 @@ def adakv_select(scores_BHT, budget: int, alpha: float):
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaKV(Policy):
-    """``budget`` prompt tokens per head on average (``H * budget`` per layer), ``window``,
-    ``kernel``, ``pooling`` of SnapKV's vote, safeguard fraction ``alpha``, ``decode_capacity``
-    ring slots per head for later tokens (None: sized by ``generate``, as SnapKV)."""
+class SnapVote:
+    """SnapKV's score of a prompt chunk (kvpress ``SnapKVPress.score``): the last ``window``
+    queries' attention, pooled along positions, averaged over each query group; the window
+    scores ``max + 1``. ``protected``: tokens every head keeps."""
 
-    budget: int
     window: int = 32
     kernel: int = 5
     pooling: str = "avg"
+
+    def __post_init__(self):
+        v.check_fields(self, window=v.integer(1), kernel=v.integer(1),
+                       pooling=v.one_of(POOLINGS))
+        if self.kernel % 2 == 0:
+            raise ValueError(f"SnapVote.kernel must be odd, got {self.kernel}")
+
+    @property
+    def protected(self) -> int:
+        return self.window
+
+    def scores(self, keys_BHTD, values_BHTD, pos_BT, queries_BHqTD):
+        """``[B, H, T]`` (padding ``-inf``)."""
+        del values_BHTD
+        q, q_pos = observers(queries_BHqTD, pos_BT, self.window)
+        pos = jnp.broadcast_to(pos_BT[:, None], keys_BHTD.shape[:3])
+        vote = window_vote(observer_probs(q, q_pos, keys_BHTD, pos), q_pos)
+        newest = jnp.max(pos_BT, axis=-1)[:, None, None]
+        prefix = (pos >= 0) & (pos <= newest - self.window)
+        score = pool_by_position(vote, pos, prefix, self.kernel, self.pooling).mean(axis=2)
+        return protect(score, prefix, pos >= 0)
+
+
+def protect(score_BHT, scored_BHT, real_BHT):
+    """kvpress's padding of forced tokens: ``max + 1`` (the row's largest score of ``scored``
+    entries) for real tokens that are not scored, ``-inf`` for padding."""
+    top = jnp.max(jnp.where(scored_BHT, score_BHT, -jnp.inf), axis=(1, 2), keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return jnp.where(scored_BHT, score_BHT, jnp.where(real_BHT, top + 1.0, -jnp.inf))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaKV(Policy):
+    """``budget`` prompt tokens per head on average (``H * budget`` per layer) chosen by
+    ``scorer`` (``SnapVote`` or ``expected.ExpectedAttention``), safeguard fraction ``alpha``
+    (``alpha=1``: every head keeps its own top ``budget``, a uniform per-head selection),
+    ``decode_capacity`` ring slots per head for later tokens (None: sized by ``generate``)."""
+
+    budget: int
+    scorer: Any = SnapVote()
     alpha: float = 0.2
     decode_capacity: int | None = None
 
     state_type = PoolState
 
     def __post_init__(self):
-        v.check_fields(self, budget=v.integer(1), window=v.integer(1), kernel=v.integer(1),
-                       pooling=v.one_of(POOLINGS), decode_capacity=v.optional(v.integer(1)))
+        v.check_fields(self, budget=v.integer(1), decode_capacity=v.optional(v.integer(1)))
+        if not callable(getattr(self.scorer, "scores", None)):
+            raise ValueError(f"AdaKV.scorer must have scores(keys, values, pos, queries), got "
+                             f"{self.scorer!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"AdaKV.alpha must be in [0, 1], got {self.alpha}")
-        if self.kernel % 2 == 0:
-            raise ValueError(f"AdaKV.kernel must be odd, got {self.kernel}")
-        if self.budget < self.window:
-            raise ValueError(f"AdaKV.budget={self.budget} must be >= window={self.window} "
-                             "(every head keeps the observation window)")
+        if self.budget < self.scorer.protected:
+            raise ValueError(f"AdaKV.budget={self.budget} must be >= the {self.scorer.protected} "
+                             f"tokens every head keeps ({self.scorer!r})")
 
     @property
     def capacity(self) -> int:
@@ -141,26 +181,13 @@ class AdaKV(Policy):
     def entry_sizes(self, state) -> tuple[int, ...]:
         return (state.dims()[2],)
 
-    def scores(self, keys_BHTD, pos_BT, queries_BHqTD):
-        """``[B, H, T]`` SnapKV vote of the chunk's tokens (kvpress: window ``max + 1``,
-        padding ``-inf``)."""
-        q, q_pos = observers(queries_BHqTD, pos_BT, self.window)
-        pos = jnp.broadcast_to(pos_BT[:, None], keys_BHTD.shape[:3])
-        vote = window_vote(observer_probs(q, q_pos, keys_BHTD, pos), q_pos)
-        newest = jnp.max(pos_BT, axis=-1)[:, None, None]
-        prefix = (pos >= 0) & (pos <= newest - self.window)
-        score = pool_by_position(vote, pos, prefix, self.kernel, self.pooling).mean(axis=2)
-        top = jnp.max(jnp.where(prefix, score, -jnp.inf), axis=(1, 2), keepdims=True)
-        top = jnp.where(jnp.isfinite(top), top, 0.0)
-        return jnp.where(prefix, score, jnp.where(pos >= 0, top + 1.0, -jnp.inf))
-
     def prefill(self, state, keys, values, pos, *, queries=None, mass=None):
         del mass
         if queries is None:
             raise ValueError("AdaKV.prefill needs the chunk's rotated `queries`")
         b, h, t, _ = keys.shape
-        idx, kept, vals = adakv_select(self.scores(keys, pos, queries), self.budget,
-                                       self.alpha)
+        scores = self.scorer.scores(keys, values, pos, queries)
+        idx, kept, vals = adakv_select(scores, self.budget, self.alpha)
         src = jnp.minimum(idx, h * t - 1)
 
         def gather(x_BHTD):
@@ -216,17 +243,20 @@ class AdaKV(Policy):
 ADA_ARGS = {k: SNAP_ARGS[k] for k in ("window", "kernel", "pool")}
 
 
+def ring_arg() -> Arg:
+    return Arg(None, "ring slots per head after the prompt", kind=int, context="max_new", low=1)
+
+
 register("adakv", AdaKV,
          split="H * budget prompt tokens per layer by one top-k of SnapKV's pooled votes across "
                "the heads (every head keeps its window and its alpha * budget best), ragged "
                "per head; plus decode ring slots per head (capacity budget + decode on average)",
-         args=dict(ADA_ARGS, decode=Arg(None, "ring slots per head after the prompt", kind=int,
-                                         context="max_new", low=1),
+         args=dict(ADA_ARGS, decode=ring_arg(),
                    alpha=Arg(0.2, "safeguard: each head's share of its budget", low=0.0,
                              high=1.0)),
          make=lambda budget, ctx, decode, alpha, window, kernel, pool: AdaKV(
-             budget, window, kernel, pool, alpha, decode),
-         args_of=lambda p: dict(window=p.window, kernel=p.kernel, pool=p.pooling,
-                                decode=p.decode_capacity, alpha=p.alpha),
+             budget, SnapVote(window, kernel, pool), alpha, decode),
+         args_of=lambda p: dict(window=p.scorer.window, kernel=p.scorer.kernel,
+                                pool=p.scorer.pooling, decode=p.decode_capacity, alpha=p.alpha),
          least=lambda window, **_: (window, f"an observation window of {window}"),
          compresses=True)

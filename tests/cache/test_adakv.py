@@ -13,7 +13,7 @@ from cache_oracles import snapkv_scores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcache.cache import AdaKV, Dense, SnapKV, registry
+from lcache.cache import AdaKV, Dense, SnapKV, SnapVote, registry
 
 B, H, G, T, D = 2, 2, 2, 16, 8
 BIG = np.finfo(np.float32).max
@@ -53,7 +53,7 @@ def test_kept_pairs_match_kvpress_formula(seed, window, extra, kernel, pooling, 
     k = rng.normal(size=(B, H, T, D)).astype(np.float32) * 2
     v = rng.normal(size=(B, H, T, D)).astype(np.float32)
     budget, lengths = window + extra, [T, T - 3]
-    policy = AdaKV(budget, window, kernel, pooling, alpha, decode_capacity=2)
+    policy = AdaKV(budget, SnapVote(window, kernel, pooling), alpha, decode_capacity=2)
     state = _prefill(policy, jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), lengths)
     for b, n in enumerate(lengths):
         want = adakv_oracle(q[b, :, :n], k[b, :, :n], window, kernel, pooling, budget, alpha)
@@ -70,7 +70,7 @@ def test_ragged_capacities_in_a_pool_of_the_layer_budget():
     rng = np.random.default_rng(3)
     q = jnp.asarray(rng.normal(size=(B, H * G, T, D)) * 3, jnp.float32)
     k = jnp.asarray(rng.normal(size=(B, H, T, D)) * 3, jnp.float32)
-    policy = AdaKV(6, 2, 1, "avg", 0.2, decode_capacity=4)
+    policy = AdaKV(6, SnapVote(2, 1), 0.2, decode_capacity=4)
     state = _prefill(policy, q, k, k, [T, T])
     counts = [[len(x) for x in _kept(state, b)] for b in range(B)]
     assert all(sum(c) == H * 6 for c in counts) and any(c[0] != c[1] for c in counts)
@@ -82,7 +82,7 @@ def test_decode_ring_keeps_the_newest():
     rng = np.random.default_rng(4)
     q = jnp.asarray(rng.normal(size=(B, H * G, T, D)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(B, H, T, D)), jnp.float32)
-    policy = AdaKV(4, 2, 1, "avg", 0.2, decode_capacity=3)
+    policy = AdaKV(4, SnapVote(2, 1), 0.2, decode_capacity=3)
     state = _prefill(policy, q, k, k, [T, 10])
     for i in range(5):
         p = jnp.asarray([T + i, 10 + i], jnp.int32)
@@ -114,23 +114,23 @@ def _logits(policies, impl="xla", prompt=10, steps=4):
 
 
 def test_model_budget_of_the_whole_prompt_is_dense():
-    ada = AdaKV(10, 2, 3, "avg", 0.2, decode_capacity=4)
+    ada = AdaKV(10, SnapVote(2, 3), 0.2, decode_capacity=4)
     np.testing.assert_allclose(_logits((ada,) * 2), _logits((Dense(14),) * 2), atol=1e-5)
-    small = _logits((AdaKV(4, 2, 3, "avg", 0.2, decode_capacity=4),) * 2)
+    small = _logits((AdaKV(4, SnapVote(2, 3), 0.2, decode_capacity=4),) * 2)
     assert np.isfinite(small).all()
     with pytest.raises(ValueError, match="impl='pallas'.*pool"):
         _logits((ada,) * 2, impl="pallas", steps=1)
 
 
 def test_bad_arguments_and_spec():
-    with pytest.raises(ValueError, match="budget=3 must be >= window=4"):
-        AdaKV(3, 4)
+    with pytest.raises(ValueError, match="budget=3 must be >= the 4 tokens every head keeps"):
+        AdaKV(3, SnapVote(4))
     with pytest.raises(ValueError, match="alpha must be in"):
-        AdaKV(8, 4, alpha=1.5)
+        AdaKV(8, SnapVote(4), alpha=1.5)
     with pytest.raises(ValueError, match="decode_capacity"):
-        AdaKV(8, 4, decode_capacity=0)
+        AdaKV(8, SnapVote(4), decode_capacity=0)
     policy = registry.build("adakv(window=4,alpha=0.3)", 12, prompt_len=40, max_new=6)
-    assert policy == AdaKV(12, 4, 5, "avg", 0.3, 6)
+    assert policy == AdaKV(12, SnapVote(4, 5, "avg"), 0.3, 6)
     assert registry.spec(policy) == "adakv(window=4,decode=6,alpha=0.3)"
     with pytest.raises(ValueError, match="PoolState; quantized storage needs"):
         registry.build("adakv(window=4)@int4", 12, prompt_len=40, max_new=6).init(1, 2, 32)

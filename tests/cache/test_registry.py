@@ -15,6 +15,8 @@ from lcache.cache import (
     TOVA,
     AdaKV,
     Dense,
+    ExpectedAttention,
+    ExpectedScores,
     KeyNorm,
     LayerPolicies,
     Quantized,
@@ -22,6 +24,7 @@ from lcache.cache import (
     Recompress,
     SlidingWindow,
     SnapKV,
+    SnapVote,
     StreamingLLM,
     ValueAware,
     duo_layers,
@@ -63,7 +66,9 @@ SPLITS = {
     "dynamickv(window=8)": tuple(SnapKV(b, 8, decode_capacity=NEW)
                                  for b in dynamic(probe_caches(SnapKV(T + SINKS, 8,
                                                                       decode_capacity=0)), 24, 8)),
-    "adakv(window=8,alpha=0.5)": AdaKV(24, 8, alpha=0.5, decode_capacity=NEW),
+    "adakv(window=8,alpha=0.5)": AdaKV(24, SnapVote(8), alpha=0.5, decode_capacity=NEW),
+    "expected_attention(sinks=2)": ExpectedAttention(24, ExpectedScores(sinks=2),
+                                                     decode_capacity=NEW),
     "duo(sinks=2)": duo_layers(GATES, 0.5, 2, 22, Dense(T + NEW + SINKS)),
     "tova": TOVA(24, window=1),
     "knorm": KeyNorm(24),
@@ -144,7 +149,8 @@ def test_unexpressible_policies_have_no_spec():
 # -- errors: all raised before any work ---------------------------------------------------------
 
 ERRORS = [
-    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: adakv, dense, duo, dynamickv, h2o"),
+    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: adakv, dense, duo, dynamickv, "
+                   "expected_attention, h2o"),
     ("snapkv(windw=8)", B, "snapkv has no argument 'windw'; it accepts window, kernel, pool, "
                            "gqa, decode"),
     ("tova(seed=1)", B, "tova has no argument 'seed'; it accepts window"),
