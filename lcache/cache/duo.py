@@ -8,7 +8,7 @@ head keeps (kvpress's ``DuoAttentionPress`` masks a full cache instead).
 Gates ``[L, Hkv]`` (larger = more of a retrieval head) come from the paper's optimisation or
 from a cheap calibration proxy (``lcache.analysis.head_patterns.duo_proxy_gates``); they are
 saved per model (``save_gates``), loaded against its shape (``load_gates``) and handed to the
-``duo`` spec as the build context's ``head_gates``. The
+``duo`` spec as the build context's ``head_scores``. The
 ``round(sparsity * L * Hkv)`` lowest gates over the whole model become streaming heads (a
 stable sort: on ties the earlier layer and head), as kvpress does.
 """
@@ -76,19 +76,19 @@ def duo_layers(gates_LH, sparsity: float, sinks: int, recent: int,
 
 
 def _duo(budget, ctx, sparsity, sinks):
-    g = np.asarray(ctx.head_gates, np.float64)
+    g = np.asarray(ctx.head_scores, np.float64)
     if g.ndim != 2 or g.shape[0] != ctx.num_layers:
-        raise ValueError(f"duo: head_gates of shape {g.shape} are not [L={ctx.num_layers}, "
+        raise ValueError(f"duo: head_scores of shape {g.shape} are not [L={ctx.num_layers}, "
                          "Hkv] (gates of another model?)")
     full = Dense(ctx.prompt_len + ctx.max_new + ctx.num_model_sinks)
     return duo_layers(g, sparsity, sinks, budget - sinks, full)
 
 
 register("duo", None,
-         split="streaming heads (the sparsity lowest head_gates of the model) keep sinks + "
+         split="streaming heads (the sparsity lowest head_scores of the model) keep sinks + "
                "budget - sinks recent tokens; retrieval heads keep everything (prompt_len + "
                "max_new + num_model_sinks)",
          args=dict(sparsity=Arg(0.5, "fraction of streaming heads", low=0.0, high=1.0),
                    sinks=Arg(4, "first tokens kept by streaming heads", low=0)),
          make=_duo, least=lambda sinks, **_: (sinks + 1, f"{sinks} sinks + one recent token"),
-         needs=("num_layers", "head_gates"))
+         needs=("num_layers", "head_scores"))

@@ -42,7 +42,7 @@ Registered policies (``table()``; arguments with their defaults, then the budget
     dense
         ignores the budget: prompt_len + max_new + num_model_sinks slots, nothing evicted
     duo(sparsity=0.5, sinks=4)
-        streaming heads (the sparsity lowest head_gates of the model) keep sinks + budget - sinks
+        streaming heads (the sparsity lowest head_scores of the model) keep sinks + budget - sinks
         recent tokens; retrieval heads keep everything (prompt_len + max_new + num_model_sinks)
     dynamickv(window=32, kernel=5, pool=avg [avg|max], gqa=mean [mean|max|per_query_head],
               decode=max_new, r_max=10.0)
@@ -55,6 +55,10 @@ Registered policies (``table()``; arguments with their defaults, then the budget
     h2o(recent=0.5, normalize=false)
         recent * budget newest tokens (rounded half up) + the rest heavy hitters by accumulated
         attention
+    headkv(window=32, kernel=5, pool=avg [avg|max], decode=max_new, base=0.2)
+        H * budget prompt tokens per layer: every head its window + 1 + base of the rest of budget,
+        the remainder shared in proportion to head_scores; each head selects by snapkv (group mean);
+        plus decode slots per head
     knorm(window=0)
         budget tokens of smallest key norm, the window newest always kept
     pyramidkv(window=32, kernel=5, pool=avg [avg|max], gqa=mean [mean|max|per_query_head],
@@ -146,15 +150,15 @@ class Context:
     ``prompt_len``: tokens of the (padded) prompt; ``num_layers``: the model's layers;
     ``max_new``: tokens to generate after the prompt; ``num_model_sinks``: the model's learnable
     sink tokens (``ModelConfig.num_sink_tokens``); ``probe(policy) -> caches``: a prefill of the
-    prompts under ``policy`` (one state per layer), for DynamicKV; ``head_gates``: the model's
-    DuoAttention gates ``[L, Hkv]`` (``duo.load_gates``)."""
+    prompts under ``policy`` (one state per layer), for DynamicKV; ``head_scores``: the model's
+    per-head scores ``[L, Hkv]`` (DuoAttention gates, HeadKV importance; ``duo.load_gates``)."""
 
     prompt_len: int = 0
     num_layers: int = 0
     max_new: int = 0
     num_model_sinks: int = 0
     probe: Callable | None = None
-    head_gates: Any = None
+    head_scores: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,11 +454,11 @@ def check(text: str, budget: int, **context) -> None:
 
 def build(text: str, budget: int, *, prompt_len: int = 0, num_layers: int = 0,
           max_new: int = 0, num_model_sinks: int = 0, probe: Callable | None = None,
-          head_gates=None):
+          head_scores=None):
     """The policy of spec ``text`` keeping ``budget`` tokens per layer and head (sinks and
     windows included; see ``Context`` for the rest) -> a ``Policy``, or ``LayerPolicies``
     (one per layer) for per-layer budgets. Raises ValueError before any work."""
-    ctx = Context(prompt_len, num_layers, max_new, num_model_sinks, probe, head_gates)
+    ctx = Context(prompt_len, num_layers, max_new, num_model_sinks, probe, head_scores)
     budget = _tokens(budget)
     entry, args, storage = _resolve(text, budget, ctx, need_probe=True)
     try:

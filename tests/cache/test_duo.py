@@ -120,7 +120,7 @@ def test_bad_head_groups_and_gate_files(tmp_path):
 
 def test_spec_builds_per_layer_policies():
     ctx = dict(prompt_len=20, max_new=4, num_layers=2,
-               head_gates=np.arange(8.0).reshape(2, 4))
+               head_scores=np.arange(8.0).reshape(2, 4))
     layers = registry.build("duo(sinks=2)", 10, **ctx)
     assert registry.spec(layers) == "duo(sinks=2)"
     assert layers[0].groups[0][0] == (0, 1, 2, 3)  # layer 0 holds the 4 lowest gates
@@ -129,9 +129,9 @@ def test_spec_builds_per_layer_policies():
     quant = registry.build("duo(sinks=2)@int4+sinks2", 10, **ctx)
     assert registry.spec(quant) == "duo(sinks=2)@int4+sinks2"
     assert all(isinstance(p, Quantized) for layer in quant for _, p in layer.groups)
-    with pytest.raises(ValueError, match=r"head_gates of shape \(2, 4\) are not \[L=3"):
+    with pytest.raises(ValueError, match=r"head_scores of shape \(2, 4\) are not \[L=3"):
         registry.build("duo", 10, **dict(ctx, num_layers=3))
-    with pytest.raises(ValueError, match="duo needs head_gates"):
+    with pytest.raises(ValueError, match="duo needs head_scores"):
         registry.build("duo", 10, prompt_len=20, num_layers=2)
 
 

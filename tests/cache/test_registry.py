@@ -29,6 +29,7 @@ from lcache.cache import (
     ValueAware,
     duo_layers,
     dynamic,
+    headkv_layers,
     pyramid,
     registry,
 )
@@ -48,7 +49,7 @@ def probe_caches(policy):
 
 GATES = np.array([[0.3, 0.9], [0.1, 0.5], [0.7, 0.2]])  # DuoAttention head gates [L, Hkv]
 CTX = dict(prompt_len=T, num_layers=L, max_new=NEW, num_model_sinks=SINKS, probe=probe_caches,
-           head_gates=GATES)
+           head_scores=GATES)
 B = 24  # the budget of the split checks
 
 # spec -> the policy it must build at budget B with CTX: the documented splits, by hand
@@ -70,6 +71,8 @@ SPLITS = {
     "expected_attention(sinks=2)": ExpectedAttention(24, ExpectedScores(sinks=2),
                                                      decode_capacity=NEW),
     "duo(sinks=2)": duo_layers(GATES, 0.5, 2, 22, Dense(T + NEW + SINKS)),
+    "headkv(window=8)": headkv_layers(GATES, 24, 0.2, window=8, kernel=5, pool="avg",
+                                      decode=NEW),
     "tova": TOVA(24, window=1),
     "knorm": KeyNorm(24),
     "random(seed=3)": Random(24, seed=3),
