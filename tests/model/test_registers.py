@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcache.cache import Dense
+from lcache.cache import H2O, Dense
 from lcache.model import ModelConfig, Transformer
 from lcache.model.mtp import mtp_logits
 from lcache.model.registers import (
@@ -40,8 +40,9 @@ def interleaved_reference(seq_len, every, depth, num_prefix):
     mask = np.zeros((n, n), bool)
     for i in range(n):
         for j in range(i + 1):  # causal in the interleaved order
-            reg_i, reg_j = kinds[i][0] == "reg", kinds[j][0] == "reg"
-            mask[i, j] = (not reg_j) or i == j  # nobody attends to another register
+            # a register key is seen by itself only: ordinary tokens never see registers,
+            # registers never see each other
+            mask[i, j] = kinds[j][0] != "reg" or i == j
     return kinds, np.array(anchors), np.array(positions), mask
 
 
@@ -85,20 +86,22 @@ def test_a_register_sees_its_anchors_prefix_and_itself_only(model):
     np.testing.assert_allclose(alone[:, 0], reg[:, 0], atol=1e-5)
 
 
-@pytest.mark.parametrize("mla", [False, True])
-def test_decode_registers_equal_training_registers(mla):
+@pytest.mark.parametrize("mla,policy", [(False, Dense(32)), (True, Dense(32)),
+                                        (False, H2O(heavy=16, recent=16))])
+def test_decode_registers_equal_training_registers(mla, policy):
+    """Both block modes (``'chunk'``: Dense; ``'steps'``: H2O, here never full)."""
     extra = dict(mla_kv_lora_rank=16, mla_qk_nope_dim=8, mla_qk_rope_dim=8, mla_v_dim=8) \
         if mla else {}
     m = Transformer(ModelConfig(**TINY, register_depth=3, **extra), nnx.Rngs(3))
     tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, 61)
     a, d = np.array([9, 9], np.int32), np.array([2, 3], np.int32)
     _, reg = register_forward(m, tokens, a, d)
-    caches = m.init_cache(Dense(32), 2)
+    caches = m.init_cache(policy, 2)
     pos = jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (2, 10))
-    _, caches = m.prefill(tokens[:, :9], pos[:, :9], caches, Dense(32))
-    logits, drafts, _ = verify_block(m, tokens[:, 9:], pos[:, 9:], caches, Dense(32), (2, 3))
-    np.testing.assert_allclose(drafts[:, 0], reg, atol=2e-5)
-    np.testing.assert_allclose(logits[:, 0], m(tokens)[:, 9], atol=2e-5)
+    _, caches = m.prefill(tokens[:, :8], pos[:, :8], caches, policy)
+    logits, drafts, _ = verify_block(m, tokens[:, 8:], pos[:, 8:], caches, policy, (2, 3))
+    np.testing.assert_allclose(drafts[:, 1], reg, atol=2e-5)  # anchored at block token 1
+    np.testing.assert_allclose(logits, m(tokens)[:, 8:], atol=2e-5)
 
 
 def test_mtp_shapes():
