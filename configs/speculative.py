@@ -8,9 +8,9 @@ acceptance, seconds); gpu (the v2 reference model fine-tuned with register depth
 D = 4, draft lengths up to D - 1, batch 1 and 8, dense / StreamingLLM / SnapKV caches, 1024-token
 prompts of held-out code, 128 new tokens). Train the gpu models first (one H100, minutes each):
 
-    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=2,aux=0.3,\
+    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=2,every=4,aux=0.3,\
 init=models/softmax,steps=600,lr=5e-4,time=300 --workdir=runs/ref_registers2
-    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=4,aux=0.3,\
+    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=4,every=4,aux=0.3,\
 init=models/softmax,steps=600,lr=5e-4,time=300 --workdir=runs/ref_registers4
 
 Args after the variant: models=<comma-separated name=dir (or a RANDOM_MODELS name)>,

@@ -7,7 +7,7 @@
     python -m experiments.train --config=configs/train.py:ref,tasks=8,time=500 --workdir=runs/ref
     python -m experiments.train --config=configs/train.py:ref,tasks=8,sinks=1,time=500 \
         --workdir=runs/ref_sinktoken
-    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=4,aux=0.3,\
+    python -m experiments.train --config=configs/train.py:ref,tasks=8,registers=4,every=4,aux=0.3,\
 init=models/softmax,steps=600,lr=5e-4,time=300 --workdir=runs/ref_registers4
 
 Variants: smoke (CPU, < 1 min), tiny (CPU, minutes), small (the GPU reference model),
