@@ -5,7 +5,8 @@
 For every model, policy (a registry spec at ``cache_size``) and batch: plain decoding
 (``Engine.generate``) and speculative decoding (``Engine.generate_speculative``) at each draft
 length the model's registers allow, on the same held-out prompts, each run once to compile and
-warm up, then timed ``repeats`` times (median). Writes to ``--workdir``:
+warm up, then timed ``repeats`` times (median); tokens/s is new tokens over the wall time of
+the whole call (prefill included: end to end). Writes to ``--workdir``:
 
   speculative.csv            model,draft_len,policy,batch,acceptance_rate,tokens_per_s,speedup
                              (draft_len 0: plain decoding, the baseline of ``speedup``)
