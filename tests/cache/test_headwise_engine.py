@@ -1,0 +1,45 @@
+"""The head-wise policies through the decode engine (``lcache.generate``: prefill, decode room
+sized to the generation, greedy decode): a budget that keeps the whole prompt generates the
+dense tokens; a smaller one runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcache.cache import AdaKV, Dense, ExpectedAttention, ExpectedScores, SnapVote, registry
+from lcache.generate import generate
+from lcache.model import ModelConfig
+from lcache.model.transformer import Transformer
+from lcache.sampling import Sampling
+
+PROMPTS = [list(range(1, 30)), list(range(5, 25))]
+SCORES = np.array([[0.1, 0.9], [0.8, 0.2]])
+
+
+def _policies(budget):
+    ctx = dict(prompt_len=32, max_new=6, num_layers=2, head_scores=SCORES)
+    return {
+        "adakv": AdaKV(budget, SnapVote(4, 3)),
+        "expected_attention": ExpectedAttention(budget, ExpectedScores(64, 2)),
+        "duo": registry.build("duo(sinks=2)", budget, **ctx),
+        "headkv": registry.build("headkv(window=4)", min(budget, 32), **ctx),
+    }
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig(vocab_size=64, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      ffn_dim=64, max_seq_len=128)
+    return Transformer(cfg, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", ["adakv", "expected_attention", "duo", "headkv"])
+def test_generate(model, name):
+    sampling = Sampling(max_new_tokens=6, temperature=0.0)
+    dense = generate(model, PROMPTS, Dense(64), sampling)
+    full = generate(model, PROMPTS, _policies(40)[name], sampling)
+    assert all((a == b).all() for a, b in zip(full, dense, strict=True))
+    small = generate(model, PROMPTS, _policies(12)[name], sampling)
+    assert [len(x) for x in small] == [6, 6]
