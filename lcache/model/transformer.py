@@ -11,6 +11,7 @@ from flax import nnx
 from lcache.cache import KVState, Policy, layer_policies
 from lcache.cache import validate as v
 from lcache.model.config import ModelConfig
+from lcache.model.layer_stack import LayerStack, scan_blocks, uniform_policy
 from lcache.model.layers import INIT_STD, Attention, RMSNorm, SwiGLU
 from lcache.model.mla import MLAttention
 from lcache.model.mtp import MTPModule
@@ -39,6 +40,11 @@ class Block(nnx.Module):
 
 
 def _check_caches(caches, num_layers: int) -> None:
+    if isinstance(caches, LayerStack):
+        layers = jax.tree.leaves(caches.caches)[0].shape[0]
+        if layers != num_layers:
+            raise ValueError(f"caches: a LayerStack of {layers} layers for {num_layers} layers")
+        return
     if not isinstance(caches, Sequence) or len(caches) != num_layers:
         raise ValueError(f"caches must be the list of {num_layers} per-layer states from "
                          f"init_cache, got {type(caches).__name__} of "
@@ -143,14 +149,19 @@ class Transformer(nnx.Module):
 
     # -- cached inference ----------------------------------------------------------------------
     def init_cache(self, policy: Policy | Sequence[Policy], batch: int,
-                   dtype=None) -> list[KVState]:
-        """Empty per-layer caches; with sink tokens, already holding them."""
+                   dtype=None, stacked: bool = False) -> list[KVState] | LayerStack:
+        """Empty per-layer caches; with sink tokens, already holding them. ``stacked``: one
+        ``LayerStack`` (one policy in every layer), which ``prefill`` and ``decode`` run as a
+        ``lax.scan`` over the blocks (``L`` times less to trace and compile)."""
         cfg = self.cfg
         dtype = dtype or jnp.dtype(cfg.compute_dtype)
         policies = layer_policies(policy, cfg.num_layers)
         kv_heads, q_heads, key_dim, value_dim = cfg.cache_dims
         caches = [p.init(batch, p.cache_heads(kv_heads, q_heads), key_dim, dtype, value_dim)
                   for p in policies]
+        if stacked:
+            uniform_policy(policies)
+            caches = LayerStack.of(caches)
         if cfg.num_sink_tokens:
             x = self._with_sinks(jnp.zeros((batch, 0, cfg.dim), dtype))
             pos = jnp.broadcast_to(jnp.arange(cfg.num_sink_tokens, dtype=jnp.int32),
@@ -159,9 +170,19 @@ class Transformer(nnx.Module):
         return caches
 
     def _prefill_embedded(self, x, pos, caches, policies):
+        return self._blocks(x, caches, policies,
+                            lambda block, x, state, policy: block.prefill(x, pos, state, policy))
+
+    def _blocks(self, x, caches, policies, step):
+        """``x, cache = step(block, x, cache, policy)`` through every block: a Python loop over
+        per-layer caches, or one ``lax.scan`` over a ``LayerStack``."""
+        if isinstance(caches, LayerStack):
+            policy = uniform_policy(policies)
+            return scan_blocks(self.blocks, x, caches,
+                               lambda block, x, state: step(block, x, state, policy))
         new = []
         for block, state, policy in zip(self.blocks, caches, policies, strict=True):
-            x, state = block.prefill(x, pos, state, policy)
+            x, state = step(block, x, state, policy)
             new.append(state)
         return x, new
 
@@ -190,8 +211,6 @@ class Transformer(nnx.Module):
         self._check_ids("Transformer.decode", token_B)
         x = self._embed(token_B[:, None])
         pos = pos_B + self.cfg.num_sink_tokens
-        new = []
-        for block, state, pol in zip(self.blocks, caches, policies, strict=True):
-            x, state = block.decode(x, pos, state, pol)
-            new.append(state)
-        return self._logits(x)[:, 0], new
+        x, caches = self._blocks(x, caches, policies,
+                                 lambda block, x, state, pol: block.decode(x, pos, state, pol))
+        return self._logits(x)[:, 0], caches
