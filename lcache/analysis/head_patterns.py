@@ -1,4 +1,5 @@
-"""Head gates for DuoAttention from a cheap calibration proxy (no optimisation).
+"""Head patterns from a model's attention: DuoAttention gates from a cheap calibration proxy
+(no optimisation) and RazorAttention's induction / echo scores.
 
 kvpress 0.5.5's ``duo_attention_on_the_fly``: per layer and head, average the (pre-RoPE)
 queries and keys of a calibration text over its tokens, repeat the means at positions
@@ -67,3 +68,28 @@ def duo_proxy_gates(model, tokens_BT, q_len: int = 500) -> np.ndarray:
     return np.stack([
         np.mean([proxy_scores(q[i], k[i], inv_freq, q_len) for i in range(q.shape[0])], axis=0)
         for q, k in mean_queries_keys(model, tokens_BT)])
+
+
+def razor_scores(weights_LBHqTT, period: int, num_kv_heads: int, offset: int = 0):
+    """RazorAttention's head scores from attention on a sequence that repeats a random block of
+    ``period`` tokens (after ``offset`` model sink tokens): ``(induction [L, Hkv],
+    echo [L, Hkv])``, the mean attention a query at ``i >= period`` pays to the token after
+    ``i``'s previous occurrence (``i - period + 1``) and to that occurrence (``i - period``),
+    max over each KV head's query group."""
+    w = np.asarray(weights_LBHqTT, np.float64)[..., offset:, offset:]
+    t = w.shape[-1]
+    i = np.arange(period, t)
+    induction = w[..., i, i - period + 1].mean(axis=(1, -1))  # [L, Hq]
+    echo = w[..., i, i - period].mean(axis=(1, -1))
+    layers, hq = induction.shape
+    return tuple(x.reshape(layers, num_kv_heads, hq // num_kv_heads).max(-1)
+                 for x in (induction, echo))
+
+
+def razor_head_scores(model, period: int = 64, repeats: int = 4, batch: int = 4,
+                      seed: int = 0):
+    """``razor_scores`` of ``model`` on ``batch`` random blocks repeated ``repeats`` times."""
+    rng = np.random.default_rng(seed)
+    block = rng.integers(0, model.cfg.vocab_size, (batch, period))
+    out = model.analyze(np.tile(block, (1, repeats)))
+    return razor_scores(out["weights"], period, model.cfg.num_kv_heads, out["num_sink_tokens"])

@@ -15,10 +15,10 @@ policy keeps, only how its segments are laid out (``kernel_plan``):
   (memory read = what each group keeps);
 * other full-head segments: concatenated, then the decode kernel.
 
-Anything else (pools, groups sharing a head) has no kernel: 'auto' logs and runs the ``jnp``
-log-sum-exp merge (``segmented.segmented_decode``), 'pallas' raises before any work. The ``jnp``
-path merges by log-sum-exp for softmax-like variants and concatenates for the others (which do
-not normalise over keys).
+Anything else (pools, groups sharing a head, entries with a logit bias) has no kernel: 'auto'
+logs and runs the ``jnp`` log-sum-exp merge (``segmented.segmented_decode``), 'pallas' raises
+before any work. The ``jnp`` path merges by log-sum-exp for softmax-like variants and
+concatenates for the others (which do not normalise over keys).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def kernel_plan(view: CacheView):
     """``(reason, run)``: why no kernel takes this view's segments (None: one does) and
     ``run(q, inv_freq, sink, impl) -> (out, slot_probs)`` (see the module docstring)."""
     segs, h = view.segments, view.num_heads
+    if any(s.bias is not None for s in segs):
+        return ("no decode kernel takes entries with a logit bias (compensation tokens)"), None
     full = all(_full(s, h) for s in segs)
     n_codes = sum(s.codes is not None for s in segs)
     if len(segs) == 1 and segs[0].plain:
@@ -144,7 +146,7 @@ def decode_over_view(q_BHqD, view: CacheView, inv_freq, *, variant="softmax", si
         sink = None if sink_logit is None else sink_logit.reshape(h, hq // h)
         out, probs = grouped_attention(q, keys.astype(q.dtype), flat.values.astype(q.dtype),
                                        mask, variant=variant, sink_logit_HG=sink,
-                                       sigmoid_bias=sigmoid_bias)
+                                       sigmoid_bias=sigmoid_bias, bias_BHS=flat.bias)
         return out.reshape(b, hq, -1), probs.astype(jnp.float32)
 
     if variant not in KERNEL_VARIANTS:

@@ -29,7 +29,8 @@ def _partial(q_BHGD, seg: Segment, num_heads: int, inv_freq, scale):
         values = jnp.broadcast_to(values, (values.shape[0], num_heads, *values.shape[2:]))
     else:
         s = jnp.einsum("brgd,brcd->brgc", q, keys, precision=HIGHEST)
-    s = jnp.where(valid[:, :, None], s * scale, -jnp.inf)
+    s = s * scale if seg.bias is None else s * scale + seg.bias[:, :, None]
+    s = jnp.where(valid[:, :, None], s, -jnp.inf)
     m = jnp.max(s, axis=-1)
     m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.where(valid[:, :, None], jnp.exp(s - m_safe[..., None]), 0.0)

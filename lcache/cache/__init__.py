@@ -19,6 +19,7 @@ from lcache.cache.h2o import H2O, ValueAware
 from lcache.cache.head_groups import HeadGroups, HeadGroupState
 from lcache.cache.headkv import head_budgets, headkv_layer, headkv_layers
 from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
+from lcache.cache.razor import Compensated, CompState, razor_heads, razor_layers
 from lcache.cache.recompress import Recompress
 from lcache.cache.registry import LayerPolicies
 from lcache.cache.scored import ScoredPolicy
@@ -30,12 +31,13 @@ from lcache.cache.view import CacheView, Segment
 from lcache.cache.voting import observer_probs, observers, pool_by_position
 from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["AdaKV", "Budget", "CacheView", "Dense", "EMPTY", "ExpectedAttention", "ExpectedScores",
-           "H2O", "HeadGroupState", "HeadGroups", "KVState", "KeyNorm", "LayerPolicies", "Policy",
-           "PoolState", "PrefillMass", "Quantized", "QuantizedKVState", "Random", "Recompress",
-           "ScoredPolicy", "Segment", "SlidingWindow", "SnapKV", "SnapVote", "StreamingLLM",
-           "TOVA", "ValueAware", "advance_seen", "cache_bytes", "duo_layers", "dynamic",
-           "empty_state", "evict", "head_budgets", "headkv_layer", "headkv_layers", "keep_top",
-           "layer_policies", "observer_probs", "observers", "per_layer", "pool_by_position",
-           "priority", "pyramid", "quantized", "registry", "reserve_decode_room", "select",
-           "uniform", "write_slots"]
+__all__ = ["AdaKV", "Budget", "CacheView", "CompState", "Compensated", "Dense", "EMPTY",
+           "ExpectedAttention", "ExpectedScores", "H2O", "HeadGroupState", "HeadGroups", "KVState",
+           "KeyNorm", "LayerPolicies", "Policy", "PoolState", "PrefillMass", "Quantized",
+           "QuantizedKVState", "Random", "Recompress", "ScoredPolicy", "Segment", "SlidingWindow",
+           "SnapKV", "SnapVote", "StreamingLLM", "TOVA", "ValueAware", "advance_seen",
+           "cache_bytes", "duo_layers", "dynamic", "empty_state", "evict", "head_budgets",
+           "headkv_layer", "headkv_layers", "keep_top", "layer_policies", "observer_probs",
+           "observers", "per_layer", "pool_by_position", "priority", "pyramid", "quantized",
+           "razor_heads", "razor_layers", "registry", "reserve_decode_room", "select", "uniform",
+           "write_slots"]

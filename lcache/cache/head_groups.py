@@ -21,6 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lcache.cache import validate as v
 from lcache.cache.base import Policy, PrefillMass
 from lcache.cache.view import CacheView
 
@@ -38,10 +39,9 @@ class HeadGroupState:
 
     def dims(self) -> tuple[int, int, int, int | None, int | None]:
         """``(B, H, C, Dk, Dv)`` for validation: all heads, the largest group capacity."""
-        heads = sum(g.pos.shape[1] for g in self.groups)
-        first = self.groups[0]
-        return (first.pos.shape[0], heads, max(g.pos.shape[2] for g in self.groups),
-                getattr(first, "key_dim", None), getattr(first, "value_dim", None))
+        parts = [v.state_dims("head groups", g) for g in self.groups]
+        return (parts[0][0], sum(p[1] for p in parts), max(p[2] for p in parts), parts[0][3],
+                parts[0][4])
 
 
 def _check_groups(groups) -> int:

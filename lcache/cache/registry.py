@@ -67,6 +67,10 @@ Registered policies (``table()``; arguments with their defaults, then the budget
         rounding), largest in layer 0
     random(window=0, seed=0)
         budget tokens kept uniformly at random (seeded), the window newest always kept
+    razor(sinks=4)
+        head_scores > 0.5 (razor_heads: retrieval heads) keep everything (prompt_len + max_new +
+        num_model_sinks); the others sinks + budget - sinks - 1 recent tokens + one compensation
+        token (mean of the dropped keys and values)
     recompress(window=32, kernel=5, pool=avg [avg|max], gqa=mean [mean|max|per_query_head],
                interval=16)
         snapkv with no decode slots: budget prompt tokens, then every interval decode tokens

@@ -37,6 +37,8 @@ class Segment:
 
     ``codes`` (optional): the KIVI ``QuantCodes`` the keys and values were dequantized from; a
     kernel that reads codes never touches ``keys``/``values`` (dead code under ``jit``).
+    ``bias`` (optional): added to each entry's logit; an entry standing for ``n`` tokens
+    (RazorAttention's compensation token) has ``log n``.
     """
 
     keys: jax.Array  # [B, S, C, Dk]
@@ -46,6 +48,7 @@ class Segment:
     rope_pos: jax.Array  # [B, S, C] int32 positions keys are rotated with (keys_rotated=False)
     owner: jax.Array | None = None  # [B, 1, C] int32 cache head of each entry of a pool
     codes: Any = None  # pallas_kernels.quant_decode.QuantCodes, or None
+    bias: jax.Array | None = None  # [B, S, C] f32 added to logits (log multiplicity)
     heads: tuple[int, ...] | None = dataclasses.field(default=None, metadata=dict(static=True))
     keys_rotated: bool = dataclasses.field(default=True, metadata=dict(static=True))
 
@@ -56,7 +59,8 @@ class Segment:
     @property
     def plain(self) -> bool:
         """Every head, no pool, no codes: a kernel reads it as one head-major cache."""
-        return self.heads is None and self.owner is None and self.codes is None
+        return (self.heads is None and self.owner is None and self.codes is None
+                and self.bias is None)
 
     def head_index(self, num_heads: int):
         """``(index [H] int32, covered [H] bool)``: the segment head each cache head reads."""
@@ -81,7 +85,9 @@ class Segment:
         valid = jnp.take(self.valid, index, axis=1) & covered[None, :, None]
         if self.owner is not None:
             valid &= self.owner == jnp.arange(num_heads, dtype=jnp.int32)[None, :, None]
-        return Segment(keys, values, valid, key_pos, rope_pos, keys_rotated=self.keys_rotated)
+        bias = None if self.bias is None else jnp.take(self.bias, index, axis=1)
+        return Segment(keys, values, valid, key_pos, rope_pos, bias=bias,
+                       keys_rotated=self.keys_rotated)
 
     def gather_heads(self, x_BHC, num_heads: int):
         """Flat-frame ``[B, H, C]`` feedback -> the segment's own frame ``[B, S, C]`` (a pool
@@ -138,7 +144,10 @@ class CacheView:
         parts = [s.expand(self.num_heads) for s in self.segments]
         cat = [jnp.concatenate([getattr(p, f) for p in parts], axis=2)
                for f in ("keys", "values", "valid", "key_pos", "rope_pos")]
-        return Segment(*cat, keys_rotated=self.keys_rotated)
+        bias = None if all(p.bias is None for p in parts) else jnp.concatenate(
+            [jnp.zeros(p.valid.shape, jnp.float32) if p.bias is None else p.bias
+             for p in parts], axis=2)
+        return Segment(*cat, bias=bias, keys_rotated=self.keys_rotated)
 
     def split(self, x_BHF) -> tuple:
         """Flat-frame ``[B, H, F]`` -> one ``[B, H, C_s]`` per segment."""

@@ -95,14 +95,14 @@ class Attention(nnx.Module):
             out = out * jax.nn.sigmoid(self.gate(x).astype(jnp.float32)).astype(out.dtype)
         return self.o(out)
 
-    def _attend(self, q_BHqTD, k_BHSD, v_BHSD, mask_BHGTS, return_weights=False):
+    def _attend(self, q_BHqTD, k_BHSD, v_BHSD, mask_BHGTS, return_weights=False, bias_BHS=None):
         b, hq, t, d = q_BHqTD.shape
         h = k_BHSD.shape[1]
         q = q_BHqTD.reshape(b, h, hq // h, t, d)
         return grouped_attention(q, k_BHSD, v_BHSD, mask_BHGTS, variant=self.cfg.attention,
                                  sink_logit_HG=self._sink_logit(hq // h),
                                  sigmoid_bias=self.cfg.sigmoid_bias,
-                                 return_weights=return_weights)
+                                 return_weights=return_weights, bias_BHS=bias_BHS)
 
     def _fused(self, q_BHqTD, k_BHTD, v_BHTD):
         """Causal flash attention through cuDNN (``jax.nn.dot_product_attention``) for training:
@@ -182,7 +182,9 @@ class Attention(nnx.Module):
         mask = (key_ok[:, :, None, None, :] & (q_pos >= 0)
                 & policy.visible(q_pos, key_pos[:, :, None, None, :])
                 & self._in_window(q_pos, key_pos[:, :, None, None, :]))
-        out, mass = self._attend(q_rot, keys, values, mask)
+        bias = None if view.bias is None else jnp.concatenate(
+            [view.bias, jnp.zeros(chunk_pos.shape, jnp.float32)], axis=2)
+        out, mass = self._attend(q_rot, keys, values, mask, bias_BHS=bias)
         stored = k_rot_c if policy.rope_mode == "original" else k_c
         state = policy.prefill(state, stored, v_c, pos_BT, queries=q_rot,
                                mass=PrefillMass(cache=mass[..., :cap], chunk=mass[..., cap:]))

@@ -31,6 +31,7 @@ from lcache.cache import (
     dynamic,
     headkv_layers,
     pyramid,
+    razor_layers,
     registry,
 )
 
@@ -73,6 +74,7 @@ SPLITS = {
     "duo(sinks=2)": duo_layers(GATES, 0.5, 2, 22, Dense(T + NEW + SINKS)),
     "headkv(window=8)": headkv_layers(GATES, 24, 0.2, window=8, kernel=5, pool="avg",
                                       decode=NEW),
+    "razor(sinks=2)": razor_layers(GATES > 0.5, 2, 21, Dense(T + NEW + SINKS)),
     "tova": TOVA(24, window=1),
     "knorm": KeyNorm(24),
     "random(seed=3)": Random(24, seed=3),
