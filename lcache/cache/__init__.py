@@ -12,6 +12,7 @@ from lcache.cache.budgets import (
     pyramid,
     uniform,
 )
+from lcache.cache.compaction import CompactState, DecodeCompaction
 from lcache.cache.decode_room import reserve_decode_room
 from lcache.cache.duo import duo_layers
 from lcache.cache.expected import ExpectedAttention, ExpectedScores
@@ -31,13 +32,13 @@ from lcache.cache.view import CacheView, Segment
 from lcache.cache.voting import observer_probs, observers, pool_by_position
 from lcache.cache.window import SlidingWindow, StreamingLLM
 
-__all__ = ["AdaKV", "Budget", "CacheView", "CompState", "Compensated", "Dense", "EMPTY",
-           "ExpectedAttention", "ExpectedScores", "H2O", "HeadGroupState", "HeadGroups", "KVState",
-           "KeyNorm", "LayerPolicies", "Policy", "PoolState", "PrefillMass", "Quantized",
-           "QuantizedKVState", "Random", "Recompress", "ScoredPolicy", "Segment", "SlidingWindow",
-           "SnapKV", "SnapVote", "StreamingLLM", "TOVA", "ValueAware", "advance_seen",
-           "cache_bytes", "duo_layers", "dynamic", "empty_state", "evict", "head_budgets",
-           "headkv_layer", "headkv_layers", "keep_top", "layer_policies", "observer_probs",
-           "observers", "per_layer", "pool_by_position", "priority", "pyramid", "quantized",
-           "razor_heads", "razor_layers", "registry", "reserve_decode_room", "select", "uniform",
-           "write_slots"]
+__all__ = ["AdaKV", "Budget", "CacheView", "CompState", "CompactState", "Compensated",
+           "DecodeCompaction", "Dense", "EMPTY", "ExpectedAttention", "ExpectedScores", "H2O",
+           "HeadGroupState", "HeadGroups", "KVState", "KeyNorm", "LayerPolicies", "Policy",
+           "PoolState", "PrefillMass", "Quantized", "QuantizedKVState", "Random", "Recompress",
+           "ScoredPolicy", "Segment", "SlidingWindow", "SnapKV", "SnapVote", "StreamingLLM",
+           "TOVA", "ValueAware", "advance_seen", "cache_bytes", "duo_layers", "dynamic",
+           "empty_state", "evict", "head_budgets", "headkv_layer", "headkv_layers", "keep_top",
+           "layer_policies", "observer_probs", "observers", "per_layer", "pool_by_position",
+           "priority", "pyramid", "quantized", "razor_heads", "razor_layers", "registry",
+           "reserve_decode_room", "select", "uniform", "write_slots"]

@@ -39,6 +39,10 @@ Registered policies (``table()``; arguments with their defaults, then the budget
         H * budget prompt tokens per layer by one top-k of SnapKV's pooled votes across the heads
         (every head keeps its window and its alpha * budget best), ragged per head; plus decode ring
         slots per head (capacity budget + decode on average)
+    compaction(interval=16, sinks=4, recent=8, n_future=512)
+        budget slots after each compaction (sinks and recent kept, the rest by expected attention
+        from the prompt's query centre), compacted in place whenever the budget + interval slots are
+        full
     dense
         ignores the budget: prompt_len + max_new + num_model_sinks slots, nothing evicted
     duo(sparsity=0.5, sinks=4)

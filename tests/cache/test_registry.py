@@ -14,6 +14,7 @@ from lcache.cache import (
     H2O,
     TOVA,
     AdaKV,
+    DecodeCompaction,
     Dense,
     ExpectedAttention,
     ExpectedScores,
@@ -75,6 +76,7 @@ SPLITS = {
     "headkv(window=8)": headkv_layers(GATES, 24, 0.2, window=8, kernel=5, pool="avg",
                                       decode=NEW),
     "razor(sinks=2)": razor_layers(GATES > 0.5, 2, 21, Dense(T + NEW + SINKS)),
+    "compaction(recent=4)": DecodeCompaction(24, 16, 4, 4),
     "tova": TOVA(24, window=1),
     "knorm": KeyNorm(24),
     "random(seed=3)": Random(24, seed=3),
@@ -154,8 +156,8 @@ def test_unexpressible_policies_have_no_spec():
 # -- errors: all raised before any work ---------------------------------------------------------
 
 ERRORS = [
-    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: adakv, dense, duo, dynamickv, "
-                   "expected_attention, h2o"),
+    ("snapkvv", B, "unknown policy 'snapkvv' .* registered: adakv, compaction, dense, duo, "
+                   "dynamickv, expected_attention, h2o"),
     ("snapkv(windw=8)", B, "snapkv has no argument 'windw'; it accepts window, kernel, pool, "
                            "gqa, decode"),
     ("tova(seed=1)", B, "tova has no argument 'seed'; it accepts window"),
