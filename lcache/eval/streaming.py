@@ -10,7 +10,7 @@ run did not score: recomputation scores every k-th target, dense may stop early)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -34,16 +34,26 @@ class Run:
             return f"{self.num_sinks}+{self.cache_size - self.num_sinks}"
         return self.policy
 
+    @property
+    def spec(self) -> str:
+        """The registry spec of this run's cache (``streaming_llm(sinks=4)``; a caller's
+        label, ``dense`` and ``recompute``, the recomputation baseline, as they are)."""
+        if self.policy == "streaming_llm":
+            return f"streaming_llm(sinks={self.num_sinks})"
+        return self.policy
+
 
 def streaming_runs(engine: Engine, stream, cache_size: int, sinks: Sequence[int] = (1, 2, 4),
                    dense_tokens: int = -1, recompute_stride: int = 0,
                    extra: Sequence[tuple[str, Policy]] = (), chunk: int = 1024,
-                   recompute_batch: int = 32) -> list[Run]:
+                   recompute_batch: int = 32,
+                   on_run: Callable[[Run], None] | None = None) -> list[Run]:
     """Window only (``SlidingWindow(cache_size)``), then ``s`` sinks + ``cache_size - s``
     window for each ``s`` in ``sinks`` (0 is the window row), then each ``(label, policy)`` of
     ``extra`` (e.g. H2O at the same size), dense attention over the first ``dense_tokens``
     targets (-1: all, 0: none) and the sliding window with recomputation over ``cache_size``
     tokens (the model's own sink tokens included; every ``recompute_stride``-th target, 0: none).
+    ``on_run`` is called with each run as it finishes (progress).
     """
     n = len(stream) - 1
     if cache_size < 2 or any(not 0 <= s < cache_size for s in sinks):
@@ -51,22 +61,29 @@ def streaming_runs(engine: Engine, stream, cache_size: int, sinks: Sequence[int]
     if recompute_stride and cache_size <= engine.cfg.num_sink_tokens:
         raise ValueError(f"cache_size={cache_size} leaves no recompute window beside the "
                          f"model's {engine.cfg.num_sink_tokens} sink tokens")
-    runs = [Run("window", 0, cache_size,
-                engine.stream_nll(stream, SlidingWindow(cache_size), chunk, "window"))]
+    runs = []
+
+    def add(run: Run) -> None:
+        runs.append(run)
+        if on_run:
+            on_run(run)
+
+    add(Run("window", 0, cache_size,
+            engine.stream_nll(stream, SlidingWindow(cache_size), chunk, "window")))
     for s in sorted(set(sinks) - {0}):
         policy = StreamingLLM(window=cache_size - s, num_sinks=s)
-        runs.append(Run("streaming_llm", s, cache_size,
-                        engine.stream_nll(stream, policy, chunk, f"{s} sinks")))
+        add(Run("streaming_llm", s, cache_size,
+                engine.stream_nll(stream, policy, chunk, f"{s} sinks")))
     for label, policy in extra:
-        runs.append(Run(label, 0, cache_size, engine.stream_nll(stream, policy, chunk, label)))
+        add(Run(label, 0, cache_size, engine.stream_nll(stream, policy, chunk, label)))
     if dense_tokens:
         m = n if dense_tokens < 0 else min(dense_tokens, n)
         nll = np.full(n, np.nan, np.float32)
         nll[:m] = engine.dense_nll(stream[:m + 1])
-        runs.append(Run("dense", 0, 0, nll))
+        add(Run("dense", 0, 0, nll))
     if recompute_stride:
         width = cache_size - engine.cfg.num_sink_tokens
-        runs.append(Run("recompute", 0, cache_size, engine.recompute_nll(
+        add(Run("recompute", 0, cache_size, engine.recompute_nll(
             stream, width, recompute_stride, recompute_batch)))
     return runs
 

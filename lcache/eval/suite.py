@@ -23,7 +23,6 @@ values, positions, scores, quantization scales: ``lcache.cache.cache_bytes``).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +32,7 @@ from absl import logging
 from lcache.cache import ScoredPolicy, cache_bytes, registry
 from lcache.data import ruler
 from lcache.eval.engine import Engine
+from lcache.eval.progress import Progress
 from lcache.sampling import Sampling
 
 FULL = "dense"  # specs whose name is this run at budget_frac = 1 only
@@ -125,31 +125,15 @@ def _needs_probe(spec: str) -> bool:
     return "probe" in registry.REGISTRY[registry.parse(spec).name].needs
 
 
-class Progress:
-    """A one-line progress bar on stderr: cells done, elapsed and remaining seconds."""
-
-    def __init__(self, total: int, label: str = "cells"):
-        self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        spent = time.perf_counter() - self.start
-        left = spent / self.done * (self.total - self.done)
-        bar = "#" * int(30 * self.done / self.total)
-        sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} {self.label} "
-                         f"{spent:.0f}s elapsed ~{left:.0f}s left {note[:40]:<40}")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells: Sequence[Cell],
               *, batch: int, threads: int = 8, probe_rows: int = 32,
-              on_cell: Callable[[Cell, list[dict]], None] | None = None) -> list[dict]:
+              on_cell: Callable[[Cell, list[dict]], None] | None = None,
+              progress: Progress | None = None) -> list[dict]:
     """Every cell over the ``examples`` of its context -> result rows (see module docstring).
 
     ``batch`` rows per micro-batch; ``threads`` concurrent compilations; ``on_cell`` is called
-    with each finished cell's rows (progress, partial CSVs)."""
+    with each finished cell's rows (partial CSVs); ``progress`` (default: a bar of its own over
+    the cells) steps once per cell."""
     max_new = max(ruler.MAX_NEW_TOKENS[e.task] for e in examples)
     check_cells(cells, engine.cfg, max_new)
     by_context: dict[int, list] = {}
@@ -159,7 +143,7 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
     if missing:
         raise ValueError(f"no examples at contexts {missing}")
     sampling = Sampling(max_new_tokens=max_new)
-    rows, progress = [], Progress(len(cells))
+    rows, progress = [], progress or Progress(len(cells), "cells")
     for context in dict.fromkeys(c.context for c in cells):  # compile, then run, per context
         group = [c for c in cells if c.context == context]
         own = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in group
