@@ -74,3 +74,12 @@ def test_warm_start_copies_the_base_model_and_keeps_new_registers(tmp_path):
         np.testing.assert_array_equal(ours[name], value, err_msg=name)
     with pytest.raises(ValueError, match="configs differ"):
         warm_start(Transformer(CFG.replace(ffn_dim=64), nnx.Rngs(0)), str(tmp_path / "base"))
+
+
+def test_train_config_args():
+    from configs.train import get_config
+    c = get_config("smoke,registers=3,every=2,aux=0.5,init=models/softmax,lr=1e-3")
+    assert (c.model.register_depth, c.train.register_every, c.train.aux_weight) == (3, 2, 0.5)
+    assert (c.init_from, c.train.lr) == ("models/softmax", 1e-3)
+    assert get_config("smoke,mtp=2").model.mtp_depth == 2
+    assert get_config("smoke").train.aux_weight == 0.0  # no registers, no auxiliary loss
