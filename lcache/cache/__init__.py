@@ -19,6 +19,7 @@ from lcache.cache.expected import ExpectedAttention, ExpectedScores
 from lcache.cache.h2o import H2O, ValueAware
 from lcache.cache.head_groups import HeadGroups, HeadGroupState
 from lcache.cache.headkv import head_budgets, headkv_layer, headkv_layers
+from lcache.cache.kvzip import kvzip_compress, kvzip_keep, kvzip_scores
 from lcache.cache.quantized import Quantized, QuantizedKVState, quantized
 from lcache.cache.razor import Compensated, CompState, razor_heads, razor_layers
 from lcache.cache.recompress import Recompress
@@ -39,6 +40,7 @@ __all__ = ["AdaKV", "Budget", "CacheView", "CompState", "CompactState", "Compens
            "ScoredPolicy", "Segment", "SlidingWindow", "SnapKV", "SnapVote", "StreamingLLM",
            "TOVA", "ValueAware", "advance_seen", "cache_bytes", "duo_layers", "dynamic",
            "empty_state", "evict", "head_budgets", "headkv_layer", "headkv_layers", "keep_top",
-           "layer_policies", "observer_probs", "observers", "per_layer", "pool_by_position",
-           "priority", "pyramid", "quantized", "razor_heads", "razor_layers", "registry",
-           "reserve_decode_room", "select", "uniform", "write_slots"]
+           "kvzip_compress", "kvzip_keep", "kvzip_scores", "layer_policies", "observer_probs",
+           "observers", "per_layer", "pool_by_position", "priority", "pyramid", "quantized",
+           "razor_heads", "razor_layers", "registry", "reserve_decode_room", "select", "uniform",
+           "write_slots"]

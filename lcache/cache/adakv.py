@@ -185,9 +185,14 @@ class AdaKV(Policy):
         del mass
         if queries is None:
             raise ValueError("AdaKV.prefill needs the chunk's rotated `queries`")
+        return self.select(state, keys, values, pos,
+                           self.scorer.scores(keys, values, pos, queries))
+
+    def select(self, state, keys, values, pos, scores_BHT):
+        """``prefill`` with given scores ``[B, H, T]`` (``-inf``: never kept): rows whose stream
+        starts here fill the pool by ``adakv_select``; the others append to the ring."""
         b, h, t, _ = keys.shape
-        scores = self.scorer.scores(keys, values, pos, queries)
-        idx, kept, vals = adakv_select(scores, self.budget, self.alpha)
+        idx, kept, vals = adakv_select(scores_BHT, self.budget, self.alpha)
         src = jnp.minimum(idx, h * t - 1)
 
         def gather(x_BHTD):
