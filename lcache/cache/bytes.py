@@ -21,16 +21,21 @@ import jax.numpy as jnp
 from lcache.cache.base import Dense, Policy
 from lcache.cache.quantized import Quantized
 
-METADATA = ("pos", "score", "seen")  # the selection policy's bookkeeping, not K/V data
+# the selection policy's bookkeeping, not K/V data
+METADATA = ("pos", "score", "seen", "owner", "ring_pos", "start")
 
 
 def layer_bytes(model_cfg, policy: Policy, batch: int = 1, dtype=jnp.bfloat16) -> dict:
-    """``{field: bytes}`` of one layer's state for ``policy`` (dataclass fields of the state)."""
+    """``{field: bytes}`` of one layer's state for ``policy`` (the state's dataclass fields; a
+    composite state, e.g. head groups, sums its parts' fields of one name)."""
     kv_heads, q_heads, key_dim, value_dim = model_cfg.cache_dims
     state = jax.eval_shape(lambda: policy.init(
         batch, policy.cache_heads(kv_heads, q_heads), key_dim, dtype, value_dim))
-    return {name: int(leaf.size) * leaf.dtype.itemsize
-            for name, leaf in vars(state).items() if hasattr(leaf, "dtype")}
+    out: dict[str, int] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        name = next(k.name for k in reversed(path) if isinstance(k, jax.tree_util.GetAttrKey))
+        out[name] = out.get(name, 0) + int(leaf.size) * leaf.dtype.itemsize
+    return out
 
 
 def cache_bytes_per_token(model_cfg, policy: Policy | Sequence[Policy], batch: int = 1,

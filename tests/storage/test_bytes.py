@@ -2,10 +2,20 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
-from lcache.cache import Dense, SnapKV, StreamingLLM, quantized
+from lcache.cache import (
+    AdaKV,
+    Compensated,
+    Dense,
+    HeadGroups,
+    SnapKV,
+    SnapVote,
+    StreamingLLM,
+    quantized,
+)
 from lcache.cache.bytes import cache_bytes_per_token, markdown_table, table_rows
 from lcache.model import ModelConfig, Transformer
 
@@ -29,6 +39,17 @@ def _allocated(cfg, policy) -> list[int]:
 def test_matches_allocated_arrays(cfg, policy):
     per_layer = _allocated(cfg, policy)
     assert cache_bytes_per_token(cfg, policy) == pytest.approx(sum(per_layer) / policy.capacity)
+
+
+def test_head_wise_states_count_every_part():
+    """Composite states (head groups, pools, compensation sums) count all their arrays."""
+    duo = HeadGroups((((0,), Dense(64)), ((1,), Compensated(StreamingLLM(
+        window=12, num_sinks=4, positions="original")))))
+    for policy in (duo, AdaKV(16, SnapVote(4), decode_capacity=8)):
+        per_layer = _allocated(GQA, policy)
+        assert cache_bytes_per_token(GQA, policy) == pytest.approx(
+            sum(per_layer) / policy.capacity)
+        assert np.isfinite(cache_bytes_per_token(GQA, policy, metadata=False))
 
 
 def test_per_layer_capacities():
