@@ -100,6 +100,9 @@ class WithSinkScore(Policy):
     def init(self, *args, **kw):
         return self.policy.init(*args, **kw)
 
+    def entry_sizes(self, state) -> tuple[int, ...]:
+        return self.policy.entry_sizes(state)
+
     def view(self, state):
         return self.policy.view(state)
 
