@@ -12,7 +12,10 @@ keeps, as a bool mask ``[L, Hkv, T]``:
 * ``adakv_expected_r0.5``: ``AdaKVPress(ExpectedAttentionPress(0.5, epsilon=1e-2))`` (kvpress's
   leaderboard "expected_attention");
 * ``duo_r0.5``: ``DuoAttentionPress(head_compression_ratio=0.5)`` with given head scores
-  (``duo_head_scores`` [L, Hkv], seeded uniform; sink 4, recent 16), not downloaded.
+  (``duo_head_scores`` [L, Hkv], seeded uniform; sink 4, recent 16), not downloaded;
+* ``kvzip_r0.5``: ``KVzipPress(0.5)`` (one reconstruction chunk, sinks 4); the fixture models
+  have no tokenizer, so a stand-in one encodes the repeat prompt and suffix as fixed ids
+  (``kvzip_repeat_ids``, read by our test).
 
 Masked presses (AdaKV, DuoAttention) run with sdpa attention (kvpress refuses eager) and their
 kept set is the complement of ``module.masked_key_indices``; the scorer press's kept set is
@@ -33,7 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from kvpress import AdaKVPress, DuoAttentionPress, ExpectedAttentionPress, SnapKVPress
+from kvpress import (
+    AdaKVPress,
+    DuoAttentionPress,
+    ExpectedAttentionPress,
+    KVzipPress,
+    SnapKVPress,
+)
+from kvpress.presses import kvzip_press
 from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
@@ -51,6 +61,23 @@ from make_kvpress_fixtures import (  # noqa: E402
 )
 
 DUO_SINK, DUO_RECENT = 4, 16
+KVZIP_PROMPT, KVZIP_SUFFIX = [11, 12, 13, 14, 15], [16]  # stand-in ids of kvpress's texts
+
+
+class StandInTokenizer:
+    """What KVzipPress asks of a tokenizer: no chat template, fixed ids for its two texts."""
+
+    chat_template = None
+
+    @staticmethod
+    def encode(text, return_tensors="pt", add_special_tokens=False):
+        ids = {"": [], "\n": KVZIP_SUFFIX}.get(text, KVZIP_PROMPT)
+        return torch.tensor([ids], dtype=torch.long).reshape(1, len(ids))
+
+
+def run_kvzip(model, ids, num_layers, num_kv_heads):
+    kvzip_press.AutoTokenizer.from_pretrained = staticmethod(lambda name: StandInTokenizer())
+    return run_masked(model, ids, KVzipPress(0.5, n_sink=4), num_layers, num_kv_heads)
 
 
 def masked_presses(head_scores):
@@ -96,6 +123,9 @@ def make_family(family: str) -> dict:
     for key, factory in masked_presses(head_scores).items():
         out[key] = run_masked(model, ids, factory(), L, hkv)
         print(f"  {family} {key}: kept per layer {out[key].sum((1, 2)).tolist()}")
+    out["kvzip_r0.5"] = run_kvzip(model, ids, L, hkv)
+    out["kvzip_repeat_ids"] = np.asarray(KVZIP_PROMPT + KVZIP_SUFFIX, np.int32)
+    print(f"  {family} kvzip_r0.5: kept per layer {out['kvzip_r0.5'].sum((1, 2)).tolist()}")
     cache = DynamicCache()
     with torch.no_grad(), ExpectedAttentionPress(0.5, n_future_positions=512, n_sink=4)(model):
         model.model(input_ids=ids, past_key_values=cache)
@@ -124,6 +154,8 @@ def main():
                                        "alpha_safeguard=0.2)",
                 "duo_r0.5": f"DuoAttentionPress(head_compression_ratio=0.5), sink_size={DUO_SINK},"
                             f" recent_size={DUO_RECENT}, head scores = duo_head_scores",
+                "kvzip_r0.5": "KVzipPress(0.5, n_sink=4), repeat input = kvzip_repeat_ids + the "
+                              "context (stand-in tokenizer ids for kvpress's prompt and suffix)",
             },
             "kept": "bool [L, Hkv, T]: token kept by (layer, kv head)",
             "attention": "sdpa for the masked presses (AdaKV, DuoAttention), eager otherwise",

@@ -2,8 +2,8 @@
 query-agnostic compression by context reconstruction.
 
 The model reads ``context + repeat_prompt + context`` (teacher-forced reconstruction); each
-context token's score per (layer, KV head) is the largest attention any reconstruction query
-of the head's group pays it (kvpress ``score_kvzip``, one chunk). The first ``sinks`` tokens
+context token's score per (layer, KV head) is the largest attention any query after the
+context (prompt and copy) of the head's group pays it (kvpress ``score_kvzip``, one chunk). The first ``sinks`` tokens
 score ``max + 1``; ``int(ratio * L * B * H * T)`` lowest (layer, row, head, token) scores of the
 whole model are dropped (``layerwise=False``: layers keep different totals), each layer's share
 taken as its lowest across heads (kvpress ``compress_post``).
@@ -21,12 +21,13 @@ from lcache.cache.adakv import AdaKV, SnapVote
 
 
 def kvzip_scores(weights_LBHqSS, context_len: int, num_kv_heads: int) -> np.ndarray:
-    """``[L, B, Hkv, T]``: max attention of the reconstruction queries (the last
-    ``context_len`` positions) on the context (the first ``context_len``), over each KV head's
-    query group. ``weights`` of ``context + prompt + context`` (no model sink tokens)."""
+    """``[L, B, Hkv, T]``: max attention of the reconstruction queries (every position after
+    the context: the repeat prompt and the copy) on the context (the first ``context_len``),
+    over each KV head's query group. ``weights`` of ``context + prompt + context`` (no model
+    sink tokens)."""
     w = np.asarray(weights_LBHqSS, np.float64)
     layers, b, hq = w.shape[:3]
-    rec = w[..., -context_len:, :context_len]  # [L, B, Hq, T, T]
+    rec = w[..., context_len:, :context_len]  # [L, B, Hq, R + T, T]
     return rec.max(-2).reshape(layers, b, num_kv_heads, hq // num_kv_heads,
                                context_len).max(3)
 

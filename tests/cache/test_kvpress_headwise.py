@@ -70,3 +70,23 @@ def test_duo_attention_with_given_head_scores(family):
     for layer, (q, k, v) in enumerate(_layers(family)):
         got = _kept_mask(policies[layer], _prefill(policies[layer], q, k, v), k.shape[1])
         np.testing.assert_array_equal(got, want[layer], err_msg=f"{family} duo layer {layer}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kvzip(family):
+    """The fixture model loaded from its safetensors reconstructs the prompt after the stand-in
+    repeat ids; the pairs kept in each layer's pool are kvpress's."""
+    from lcache.cache.kvzip import kvzip_compress
+    from lcache.hf import load_hf
+
+    fixture = np.load(FIXTURES / family / "headwise.npz")
+    model = load_hf(FIXTURES / family, with_tokenizer=False)[0]
+    ids = np.load(FIXTURES / family / "kept.npz")["input_ids"]
+    _, caches = kvzip_compress(model, ids, fixture["kvzip_repeat_ids"][None], ratio=0.5,
+                               sinks=4, decode=1)
+    want = fixture["kvzip_r0.5"]
+    for layer, state in enumerate(caches):
+        pos, owner = np.asarray(state.pos[0, 0]), np.asarray(state.owner[0, 0])
+        got = np.zeros(want.shape[1:], bool)
+        got[owner[pos >= 0], pos[pos >= 0]] = True
+        np.testing.assert_array_equal(got, want[layer], err_msg=f"{family} kvzip layer {layer}")

@@ -20,9 +20,10 @@ def test_scores_are_the_max_reconstruction_attention():
     w = np.zeros((1, 1, 4, s, s))
     w[0, 0, 1, t + r + 2, 3] = 0.7  # a reconstruction query of q head 1 (kv head 0) on token 3
     w[0, 0, 3, t + r + 0, 0] = 0.4  # q head 3 (kv head 1) on token 0
-    w[0, 0, 0, t + 1, 2] = 0.9  # a repeat-prompt query: not a reconstruction query
+    w[0, 0, 0, t + 1, 2] = 0.9  # a repeat-prompt query counts too (kvpress)
+    w[0, 0, 2, t - 1, 1] = 0.8  # a context query does not
     got = kvzip_scores(w, t, num_kv_heads=2)
-    assert got.tolist() == [[[[0, 0, 0, 0.7], [0.4, 0, 0, 0]]]]
+    assert got.tolist() == [[[[0, 0, 0.9, 0.7], [0.4, 0, 0, 0]]]]
 
 
 @settings(max_examples=40, deadline=None)
