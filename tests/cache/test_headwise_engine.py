@@ -43,3 +43,16 @@ def test_generate(model, name):
     assert all((a == b).all() for a, b in zip(full, dense, strict=True))
     small = generate(model, PROMPTS, _policies(12)[name], sampling)
     assert [len(x) for x in small] == [6, 6]
+
+
+def test_quantized_storage_inside_head_groups(model):
+    """KIVI storage wraps each head group's policy (duo, headkv); razor's compensation sums
+    need plain states: refused before any work."""
+    sampling = Sampling(max_new_tokens=3, temperature=0.0)
+    ctx = dict(prompt_len=32, max_new=3, num_layers=2, head_scores=SCORES)
+    for spec in ("duo(sinks=2)@int4(group=16,residual=16)+sinks2",
+                 "headkv(window=4)@int8(group=16,residual=16)"):
+        out = generate(model, PROMPTS, registry.build(spec, 16, **ctx), sampling)
+        assert [len(x) for x in out] == [3, 3]
+    with pytest.raises(ValueError, match="Compensated keeps a CompState"):
+        generate(model, PROMPTS, registry.build("razor(sinks=2)@int4", 16, **ctx), sampling)
