@@ -56,3 +56,12 @@ def test_quantized_storage_inside_head_groups(model):
         assert [len(x) for x in out] == [3, 3]
     with pytest.raises(ValueError, match="Compensated keeps a CompState"):
         generate(model, PROMPTS, registry.build("razor(sinks=2)@int4", 16, **ctx), sampling)
+
+
+def test_policy_for_prompts_passes_head_scores(model):
+    from lcache.eval import Engine
+    from lcache.eval.policies import policy_for_prompts
+
+    layers = policy_for_prompts(Engine.create(model), "headkv(window=4)", 12, PROMPTS,
+                                max_new=3, head_scores=SCORES)
+    assert registry.spec(layers) == "headkv(window=4,decode=3)" and len(layers) == 2
