@@ -105,3 +105,14 @@ def assert_valid_topk(kept: set[int], score_by_pos: dict[int, float], n: int, fo
     if free and dropped:
         scale = max(abs(v) for v in score_by_pos.values()) or 1.0
         assert min(free) >= max(dropped) - rtol * scale, (min(free), max(dropped))
+
+
+def near_tie(scores, k: int, rtol: float = 1e-5, below=np.inf) -> bool:
+    """Whether the ``k``-th and ``(k+1)``-th largest of ``scores`` differ by less than ``rtol``
+    of the largest finite ``|score| < below`` (a top-``k`` float32 rounding could flip), ties
+    at or above ``below`` (forced entries, kept whatever their order) aside."""
+    s = np.sort(np.asarray(scores, np.float64).ravel())[::-1]
+    if not 0 < k < s.size or s[k] >= below or not np.isfinite(s[k]):
+        return False
+    small = np.abs(s[np.isfinite(s) & (s < below)])
+    return bool(s[k - 1] - s[k] < rtol * (small.max() if small.size else 1.0))

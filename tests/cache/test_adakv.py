@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cache_oracles import snapkv_scores
+from cache_oracles import near_tie, snapkv_scores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,15 +20,18 @@ BIG = np.finfo(np.float32).max
 
 
 def adakv_oracle(q_HqTD, k_HTD, window, kernel, pooling, budget, alpha):
-    """kvpress AdaKVPress(SnapKVPress) on one row: per head, the kept token indices."""
+    """kvpress AdaKVPress(SnapKVPress) on one row: per head, the kept token indices, and
+    whether a float32 near-tie at a selection boundary could flip them."""
     s = snapkv_scores(q_HqTD, k_HTD, window, kernel, pooling, "mean")  # [H, T - window]
     h, t = k_HTD.shape[:2]
     full = np.concatenate([s, np.full((h, window), s.max() + 1)], axis=1)
     n_safe = max(1, int(budget * alpha)) if alpha > 0 else 0
+    fragile = any(near_tie(row, n_safe, below=s.max() + 1) for row in full)
     for row in full:
         row[np.argsort(-row, kind="stable")[:n_safe]] = BIG
+    fragile |= near_tie(full, h * budget, below=s.max() + 1)
     keep = np.argsort(-full.ravel(), kind="stable")[: h * budget]
-    return [sorted(int(i) % t for i in keep if i // t == head) for head in range(h)]
+    return [sorted(int(i) % t for i in keep if i // t == head) for head in range(h)], fragile
 
 
 def _prefill(policy, q, k, v, lengths):
@@ -56,7 +59,10 @@ def test_kept_pairs_match_kvpress_formula(seed, window, extra, kernel, pooling, 
     policy = AdaKV(budget, SnapVote(window, kernel, pooling), alpha, decode_capacity=2)
     state = _prefill(policy, jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), lengths)
     for b, n in enumerate(lengths):
-        want = adakv_oracle(q[b, :, :n], k[b, :, :n], window, kernel, pooling, budget, alpha)
+        want, fragile = adakv_oracle(q[b, :, :n], k[b, :, :n], window, kernel, pooling, budget,
+                                     alpha)
+        if fragile:
+            continue
         got = _kept(state, b)
         assert got == want
         assert sum(map(len, got)) == min(H * budget, H * n)

