@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lcache.attention.decode import _use_kernel
+from lcache.attention.decode import uses_kernel
 from pallas_kernels.decode import decode_attention
 
 DATA, MODEL = "data", "model"
@@ -115,7 +115,7 @@ class MeshLayout:
         for leaf in jax.tree.leaves(caches):
             if leaf.ndim >= 3:
                 _divides("cache heads", leaf.shape[1], MODEL, tp)
-        if self.mesh.size > 1 and _use_kernel(cfg.attention_impl, cfg.attention):
+        if self.mesh.size > 1 and uses_kernel(cfg.attention_impl, cfg.attention):
             raise ValueError(
                 f"attention_impl={cfg.attention_impl!r} calls the Pallas decode kernel, which jit "
                 "cannot partition (it would gather the whole cache every step); use "

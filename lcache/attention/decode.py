@@ -39,6 +39,12 @@ def _check_variant(impl: str, variant: str) -> None:
                          f"{variant!r}; use 'auto' to fall back to XLA for other variants")
 
 
+def uses_kernel(impl: str, variant: str) -> bool:
+    """Whether ``impl`` decodes ``variant`` through a Pallas kernel here (``dispatch``)."""
+    _check_variant(impl, variant)
+    return dispatch.kernel_family(impl) is not None and variant in KERNEL_VARIANTS
+
+
 def _kernel_sink(variant, sink_logit, num_q_heads):
     """The per-head sink logit ``[Hq]`` f32 merged for ``variant`` (None: softmax)."""
     if variant == "sink_logit":
