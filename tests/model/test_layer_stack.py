@@ -34,8 +34,12 @@ POLICIES = {
 PROMPTS = [np.arange(1, 20) % 61, (np.arange(5, 31) * 7) % 61, np.arange(3, 9)]
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
-@pytest.mark.parametrize("model_kw", [{}, dict(num_sink_tokens=1)], ids=["plain", "sinktoken"])
+CASES = [(name, {}) for name in POLICIES] + [
+    (name, dict(num_sink_tokens=1)) for name in ("streaming_llm", "snapkv")]
+
+
+@pytest.mark.parametrize("name, model_kw", CASES,
+                         ids=[f"{n}-{'sinktoken' if kw else 'plain'}" for n, kw in CASES])
 def test_stacked_generation_equals_loop(name, model_kw):
     model = Transformer(ModelConfig(**TINY, **model_kw), nnx.Rngs(0))
     engine = Engine.create(model, ProgramCache())
