@@ -3,10 +3,11 @@ query-agnostic compression by context reconstruction.
 
 The model reads ``context + repeat_prompt + context`` (teacher-forced reconstruction); each
 context token's score per (layer, KV head) is the largest attention any query after the
-context (prompt and copy) of the head's group pays it (kvpress ``score_kvzip``, one chunk). The first ``sinks`` tokens
-score ``max + 1``; ``int(ratio * L * B * H * T)`` lowest (layer, row, head, token) scores of the
-whole model are dropped (``layerwise=False``: layers keep different totals), each layer's share
-taken as its lowest across heads (kvpress ``compress_post``).
+context (prompt and copy) of the head's group pays it (kvpress ``score_kvzip``, one chunk).
+The first ``sinks`` tokens score ``max + 1``; ``int(ratio * L * B * H * T)`` lowest (layer,
+row, head, token) scores of the whole model are dropped (``layerwise=False``: layers keep
+different totals), each layer's share taken as its lowest across heads (kvpress
+``compress_post``).
 
 The kept pairs are stored in AdaKV pools (ragged per head, each layer at its own size), built
 once per context: no question is seen, so one compressed cache serves every question
