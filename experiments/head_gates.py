@@ -18,17 +18,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
+from experiments.common import cli
 from lcache.analysis.head_patterns import duo_proxy_gates, razor_head_scores
 from lcache.cache.duo import save_gates
 from lcache.cache.razor import razor_heads
 from lcache.data.heldout import heldout_stream
 from lcache.eval import load_reference
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/head_gates.py:smoke")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
 
 
 def passkey_rows(tok, n: int, t: int, seed: int = 0):
@@ -67,10 +64,5 @@ def run(c, workdir: str) -> dict:
     return out
 
 
-def main(argv):
-    del argv
-    run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, "configs/head_gates.py:smoke")
