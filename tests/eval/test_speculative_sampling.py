@@ -7,30 +7,17 @@ import numpy as np
 import pytest
 from flax import nnx
 from scipy import stats
+from speculative_models import PROMPTS, SMALL_VOCAB, make_engine, make_policy
 
 from lcache.cache import registry
 from lcache.eval import Engine, ProgramCache
 from lcache.model import ModelConfig, Transformer
 from lcache.sampling import Sampling
 
-SMALL_VOCAB = dict(vocab_size=6, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
-PROMPTS = [[1, 2, 3, 4, 5] * 6, [5, 4, 3] * 5, [2] * 23]
-
-
-def _engine(seed=0, **kw):
-    model = Transformer(ModelConfig(**(SMALL_VOCAB | dict(register_depth=3) | kw)),
-                        nnx.Rngs(seed))
-    return Engine.create(model, ProgramCache())
-
-
-def _policy(spec, engine):
-    return registry.build(spec, 16, prompt_len=32, max_new=16, num_layers=2,
-                          num_model_sinks=engine.cfg.num_sink_tokens)
-
 
 def test_greedy_with_eos_micro_batches_and_a_sink_token():
-    engine = _engine(seed=1, num_sink_tokens=1)
-    policy = _policy("h2o", engine)
+    engine = make_engine(seed=1, num_sink_tokens=1)
+    policy = make_policy("h2o", engine)
     plain = engine.generate(PROMPTS, policy, Sampling(max_new_tokens=10))
     eos = int(plain[0][3])  # a token the first row emits: it stops there
     sampling = Sampling(max_new_tokens=10, eos_id=eos)
@@ -66,7 +53,7 @@ def test_bad_inputs_raise_before_any_work():
     policy = registry.build("dense", 16, prompt_len=32, max_new=16)
     with pytest.raises(ValueError, match="trained without them"):
         plain.generate_speculative(PROMPTS, policy, draft_len=1)
-    engine = _engine()
+    engine = make_engine()
     with pytest.raises(ValueError, match="register_depth=3: use draft_len <= 2"):
         engine.generate_speculative(PROMPTS, policy, draft_len=3)
     with pytest.raises(ValueError, match="draft_len must be an int >= 1"):
