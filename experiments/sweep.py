@@ -22,28 +22,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments.common import cli, experiment
-from lcache.cache import Policy, cache_bytes, registry
+from lcache.cache import registry
 from lcache.eval import Engine, ProgramCache, load_reference, markdown, write_csv
 from lcache.eval.passkey import make_task_set, quality
 from lcache.eval.policies import policy_for_prompts
-
-
-def policy_bytes(policy, cfg) -> int:
-    """Bytes of all layers' caches for one sequence, bf16 storage (one policy is used in every
-    layer)."""
-    layers = (policy,) * cfg.num_layers if isinstance(policy, Policy) else tuple(policy)
-    return cache_bytes(layers, 1, cfg.num_kv_heads, cfg.head_size, q_heads=cfg.num_heads)
+from lcache.eval.suite import policy_bytes
+from lcache.eval.suite_plots import pareto_front
 
 
 def pareto(xs, ys) -> np.ndarray:
-    """Indices of the points no other point beats on both (lower x and lower y), by x."""
-    order = np.lexsort((ys, xs))
-    front, best = [], np.inf
-    for i in order:
-        if ys[i] < best:
-            front.append(i)
-            best = ys[i]
-    return np.array(front, int)
+    """Indices of the points no other point beats (lower x and lower y), by x."""
+    return pareto_front(xs, -np.asarray(ys, float))
 
 
 def plot(rows: list[dict], path: str) -> str:
