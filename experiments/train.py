@@ -42,7 +42,8 @@ def build(c, workdir: str):
                          cache_dir=d.cache_dir if d.tokenizer == "bpe" else None)
     tok = corpus.tokenizer
     cfg = ModelConfig(**{**c.model.to_dict(), "vocab_size": tok.vocab_size})
-    source = corpus_source(corpus, tc.batch, tc.seq_len, tc.seed, d.task_rows, d.tasks)
+    source = corpus_source(corpus, tc.batch, tc.seq_len, tc.seed, d.task_rows, d.tasks,
+                           d.get("answer_weight", 1.0))
     eval_source = heldout_batches(corpus, tc.batch, tc.seq_len, tc.eval_batches)
     info = dict(task="corpus", path=d.path or "python sources", tokenizer=d.tokenizer,
                 train_tokens=int(corpus.train.size), heldout_tokens=int(corpus.heldout.size))

@@ -51,10 +51,12 @@ def load_corpus(path: str | None, tokenizer_kind: str = "byte", bpe_vocab: int =
 
 
 def corpus_source(corpus: Corpus, batch: int, seq_len: int, seed: int, task_rows: int = 0,
-                  tasks=TASKS) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+                  tasks=TASKS, answer_weight: float = 1.0
+                  ) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
     """Random corpus windows with BOS on every row; the last ``task_rows`` rows of each batch
     are synthetic retrieval examples (``lcache.data.ruler``: ``tasks``, needles hidden in the
-    training text, loss on every token) so the model learns to retrieve."""
+    training text, loss on every token, ``answer_weight`` on the answers) so the model learns
+    to retrieve."""
     if not 0 <= task_rows < batch:
         raise ValueError(f"task_rows={task_rows} must be in [0, batch={batch})")
     unknown = sorted(set(tasks) - set(TASKS))
@@ -68,7 +70,8 @@ def corpus_source(corpus: Corpus, batch: int, seq_len: int, seed: int, task_rows
         weights = np.ones((tokens.shape[0], seq_len), np.float32)
         if task_rows:
             rng = np.random.default_rng([seed, step, 1])
-            rows, row_w = training_rows(tok, corpus.train, task_rows, seq_len, rng, tuple(tasks))
+            rows, row_w = training_rows(tok, corpus.train, task_rows, seq_len, rng, tuple(tasks),
+                                         answer_weight=answer_weight)
             tokens, weights = np.concatenate([tokens, rows]), np.concatenate([weights, row_w])
         return tokens, weights
 

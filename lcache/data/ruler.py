@@ -266,14 +266,19 @@ def make_suite(tok: Tokenizer, haystack: np.ndarray, tasks: Sequence[str],
 
 def training_rows(tok: Tokenizer, haystack: np.ndarray, rows: int, seq_len: int,
                   rng: np.random.Generator, tasks: Sequence[str] = TASKS,
-                  min_context: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                  min_context: int = 512, answer_weight: float = 1.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Task rows for training -> ``(tokens [rows, seq_len + 1] int32, weights [rows, seq_len]
     float32)``: each row a random task at a random context in ``[min_context, seq_len - 40]``
-    and depth, then its answer and a newline, padded; weight 1 on every real target."""
+    and depth, then its answer and a newline, padded; weight 1 on every real target of the
+    prompt and ``answer_weight`` on the targets of the answer + newline (the only targets that
+    need retrieval: a handful of the row's ~2K)."""
     hi = seq_len + 1 - max(MAX_NEW_TOKENS.values())
     if rows < 1 or min_context > hi:
         raise ValueError(f"need rows >= 1 and min_context={min_context} <= {hi} (seq_len="
                          f"{seq_len} minus the longest answer)")
+    if not answer_weight > 0:
+        raise ValueError(f"answer_weight must be > 0, got {answer_weight}")
     tokens = np.full((rows, seq_len + 1), tok.pad_id, np.int32)
     weights = np.zeros((rows, seq_len), np.float32)
     for r in range(rows):
@@ -283,4 +288,5 @@ def training_rows(tok: Tokenizer, haystack: np.ndarray, rows: int, seq_len: int,
         row = np.concatenate([ex.prompt_ids, tok.encode(ex.answer + "\n")])
         tokens[r, :row.size] = row
         weights[r, :row.size - 1] = 1.0
+        weights[r, ex.prompt_ids.size - 1:row.size - 1] = answer_weight
     return tokens, weights

@@ -85,6 +85,20 @@ def test_training_rows():
         assert (row[:n] != TOK.pad_id).all() and TOK.decode(row[:n]).endswith(".\n")
 
 
+def test_training_rows_answer_weight():
+    """The answer + newline targets (and only they) carry ``answer_weight``."""
+    tokens, weights = ruler.training_rows(TOK, HAYSTACK, 6, 1024, np.random.default_rng(3),
+                                          answer_weight=16.0)
+    for row, w in zip(tokens, weights, strict=True):
+        heavy = np.flatnonzero(w == 16.0)
+        assert heavy.size and (np.diff(heavy) == 1).all() and (w[:heavy[0]] == 1.0).all()
+        assert (w[heavy[-1] + 1:] == 0).all()
+        answer = TOK.decode(row[heavy[0] + 1:heavy[-1] + 2])
+        assert answer.startswith(" ") and answer.endswith(".\n") and "\n" not in answer[:-1]
+    with pytest.raises(ValueError, match="answer_weight must be > 0"):
+        ruler.training_rows(TOK, HAYSTACK, 1, 1024, np.random.default_rng(0), answer_weight=0)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: ruler.make_example("needle", TOK, HAYSTACK, 1024, 0.5, np.random.default_rng(0)),
      "unknown task 'needle'"),
