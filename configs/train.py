@@ -12,8 +12,8 @@ init=models/softmax,steps=600,lr=5e-4,time=300 --workdir=runs/ref_registers4
 
 Variants: smoke (CPU, < 1 min), tiny (CPU, minutes), small (the GPU reference model),
 medium (a 100M-class shape used to measure GPU training throughput / MFU), ref (the v2
-reference models: 8.1 M parameters, 8 layers, 4 heads with their own keys and values, context
-2048, lr 2e-3, fits 16 MiB in bf16; RESULTS.md has the recipe and what it reached),
+reference models: 7.9 M parameters, 8 layers, GQA 4/2, context 2048, lr 2e-3, fits 16 MiB in
+bf16; RESULTS.md has the recipe and what it reached),
 backcopy (Guo et al.'s Bigram-Backcopy task: strong sinks in minutes).
 Args after the variant: attn=<variant>, sinks=<learnable sink tokens>, gated=<bool>, wd=<float>,
 steps=<int>, mla=<bool>, tasks=<RULER-style task rows per batch (lcache.data.ruler)>,
@@ -21,7 +21,7 @@ time=<seconds budget>, seed=<int>, registers=<register depth D: MuToR-style regi
 lcache/model/registers.py>, every=<one register after every k-th token>, mtp=<DeepSeek-style MTP
 depth>, aux=<lambda of the register / MTP loss>, init=<a saved model to fine-tune from
 (lcache.train.warm_start)>, lr=<peak learning rate>, answer=<loss weight of the task rows'
-answer tokens>. Anything else: --config.path.to.key=value.
+answer tokens>, kv=<KV heads>, ffn=<SwiGLU width> (shape overrides). Anything else: --config.path.to.key=value.
 """
 
 import ml_collections
@@ -34,7 +34,7 @@ MODELS = {
     "tiny": dict(dim=128, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=352),
     "small": dict(dim=192, num_layers=6, num_heads=6, num_kv_heads=3, ffn_dim=512),
     "medium": dict(dim=1024, num_layers=8, num_heads=16, num_kv_heads=8, ffn_dim=2816),
-    "ref": dict(dim=256, num_layers=8, num_heads=4, num_kv_heads=4, ffn_dim=960),
+    "ref": dict(dim=256, num_layers=8, num_heads=4, num_kv_heads=2, ffn_dim=1024),
     "backcopy": dict(dim=128, num_layers=3, num_heads=4, num_kv_heads=4, ffn_dim=352),
 }
 TRAIN = {
@@ -46,7 +46,7 @@ TRAIN = {
                   eval_every=1000, eval_batches=16, ckpt_every=1000, lr=2e-3),
     "medium": dict(steps=2000, batch=32, seq_len=1024, warmup=100, log_every=20,
                    eval_every=1000, eval_batches=4, ckpt_every=10000, lr=1e-3),
-    "ref": dict(steps=6000, batch=32, seq_len=2048, warmup=200, log_every=100,
+    "ref": dict(steps=3300, batch=32, seq_len=2048, warmup=200, log_every=100,
                 eval_every=1200, eval_batches=8, ckpt_every=1200, lr=2e-3),
     "backcopy": dict(steps=3000, batch=64, seq_len=128, warmup=100, log_every=100,
                      eval_every=1000, eval_batches=4, ckpt_every=1000, lr=1e-3),
@@ -56,7 +56,7 @@ TRAIN = {
 def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="smoke", attn="softmax", sinks=0, gated=False, wd=0.5, steps=0,
                   tasks=0, mla=False, seed=0, time=0.0, registers=0, every=1, mtp=0, aux=0.3,
-                  init="", lr=0.0, answer=1.0)
+                  init="", lr=0.0, answer=1.0, kv=0, ffn=0)
     v = a["variant"]
     if v not in MODELS:
         raise ValueError(f"unknown train variant {v!r}; expected one of {sorted(MODELS)}")
@@ -67,6 +67,9 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
         gated_attention=a["gated"], register_depth=a["registers"], mtp_depth=a["mtp"],
         compute_dtype="float32" if v in ("smoke", "tiny")
         else "bfloat16", max_seq_len=TRAIN[v]["seq_len"], **MODELS[v]))
+    for arg, field in (("kv", "num_kv_heads"), ("ffn", "ffn_dim")):
+        if a[arg]:
+            c.model[field] = a[arg]
     if a["mla"]:
         c.model.update(mla_kv_lora_rank=64, mla_q_lora_rank=0, mla_qk_nope_dim=32,
                        mla_qk_rope_dim=16, mla_v_dim=32)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from lcache.checkpoint import flatten_params, load_model, save_model
 from lcache.data import ByteTokenizer, TrainStream
-from lcache.model import ModelConfig
+from lcache.model import ModelConfig, Transformer
 from lcache.train import TrainConfig, Trainer
 
 CFG = ModelConfig(vocab_size=259, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=48)
@@ -97,3 +97,16 @@ def test_cli_smoke(tmp_path):
     assert (tmp_path / "metrics.csv").exists() and (tmp_path / "ckpt").is_dir()
     model, _, meta = load_model(str(tmp_path / "model"))
     assert meta["steps"] == 6 and model.cfg.dim == 64
+
+
+@pytest.mark.parametrize("args, kv, ffn", [("", 2, 1024), (",answer=16,kv=4,ffn=960", 4, 960)])
+def test_ref_config_shapes_fit_16_mib(args, kv, ffn):
+    """The reference recipe and its shape overrides: a valid model under 16 MiB of bf16."""
+    from configs.train import get_config
+    c = get_config(f"ref,tasks=8,sinks=1{args}")
+    cfg = ModelConfig(**c.model.to_dict())
+    assert (cfg.num_kv_heads, cfg.ffn_dim) == (kv, ffn)
+    assert c.data.answer_weight == (16.0 if args else 1.0)
+    model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert 7e6 < n and 2 * n < 16 * 2**20
