@@ -54,7 +54,8 @@ _SNAP = 96  # a needle moves back to the previous line start if one is this clos
 class TaskExample:
     """One prompt: ``prompt_ids [T]`` int32 (BOS first, ``T <= context``), the reference
     ``answer`` text (what training rows append), the ``expected`` items the scorer looks for,
-    and the requested ``depth`` and ``context``."""
+    the requested ``depth`` and ``context``, and the ``distractors``: items hidden in the prompt
+    that a wrong answer may copy (multikey: the other needles' numbers)."""
 
     task: str
     prompt_ids: np.ndarray
@@ -62,6 +63,7 @@ class TaskExample:
     expected: tuple[str, ...]
     depth: float
     context: int
+    distractors: tuple[str, ...] = ()
 
     @property
     def ordered(self) -> bool:
@@ -144,8 +146,9 @@ def make_example(task: str, tok: Tokenizer, haystack: np.ndarray, context: int, 
     task's fixed parts (header, needles, question)."""
     _check(task, context, depth)
 
-    def done(prompt, answer, expected):
-        return TaskExample(task, prompt, answer, tuple(expected), float(depth), int(context))
+    def done(prompt, answer, expected, distractors=()):
+        return TaskExample(task, prompt, answer, tuple(expected), float(depth), int(context),
+                           tuple(distractors))
 
     if task == "passkey":
         ex = make_passkey(tok, context, depth, int(rng.integers(1, 50_001)))
@@ -172,14 +175,14 @@ def make_example(task: str, tok: Tokenizer, haystack: np.ndarray, context: int, 
                                                values[1:], strict=True)]
         question = (f"What is the special magic number for {words[0]}? The special magic "
                     f"number for {words[0]} is:")
-        expected = values[:1]
+        expected, distractors = values[:1], values[1:]
     elif task == "multivalue":
         needles = [(depth, line(words[0], values[0]))] + [
             (d, line(words[0], v)) for d, v in zip(_others(rng, NUM_NEEDLES - 1),
                                                    values[1:], strict=True)]
         question = (f"What are all the special magic numbers for {words[0]}? The special magic "
                     f"numbers for {words[0]} are:")
-        expected = values
+        expected, distractors = values, ()
     else:  # multiquery
         needles = [(depth, line(words[0], values[0]))] + [
             (d, line(w, v)) for d, w, v in zip(_others(rng, NUM_NEEDLES - 1), words[1:],
@@ -188,10 +191,10 @@ def make_example(task: str, tok: Tokenizer, haystack: np.ndarray, context: int, 
         names = ", ".join(words[i] for i in asked[:-1]) + f" and {words[asked[-1]]}"
         question = (f"What are the special magic numbers for {names}? The special magic "
                     f"numbers for {names} are:")
-        expected = [values[i] for i in asked]
+        expected, distractors = [values[i] for i in asked], ()
     prompt = _needle_prompt(tok, haystack, context, NEEDLE_HEADER, needles, question, rng, task)
     answer = " " + ", ".join(expected) + "."
-    return done(prompt, answer, expected)
+    return done(prompt, answer, expected, distractors)
 
 
 def _cwe(tok: Tokenizer, context: int, rng, done) -> TaskExample:
@@ -237,6 +240,20 @@ def score(example: TaskExample, generated: str) -> bool:
     if example.ordered:
         return found == list(example.expected)
     return sorted(found) == sorted(example.expected)
+
+
+ANSWER_KINDS = ("correct", "distractor", "other")
+
+
+def answer_kind(example: TaskExample, generated: str) -> str:
+    """Why an answer is right or wrong: 'correct' (``score``), 'distractor' (its first item is
+    one of the example's ``distractors``: the model retrieved, but the wrong needle) or 'other'
+    (nothing retrieved: a made-up or truncated item)."""
+    if score(example, generated):
+        return "correct"
+    pattern = {"vartrack": _NAME, "cwe": _WORD}.get(example.task, _INTEGER)
+    first = pattern.findall(generated.split("\n", 1)[0])[:1]
+    return "distractor" if first and first[0] in example.distractors else "other"
 
 
 def make_suite(tok: Tokenizer, haystack: np.ndarray, tasks: Sequence[str],

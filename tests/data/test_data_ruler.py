@@ -120,3 +120,16 @@ def test_training_rows_answer_weight():
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_answer_kind_tells_distractors_from_misses():
+    ex = ruler.make_example("multikey", TOK, HAYSTACK, 1024, 0.5, np.random.default_rng(5))
+    prompt = TOK.decode(ex.prompt_ids)
+    assert len(ex.distractors) == ruler.NUM_NEEDLES - 1
+    assert all(d in prompt for d in ex.distractors) and ex.expected[0] not in ex.distractors
+    assert ruler.answer_kind(ex, f" {ex.expected[0]}.\n") == "correct"
+    assert ruler.answer_kind(ex, f" {ex.distractors[1]}.\n{ex.expected[0]}") == "distractor"
+    assert ruler.answer_kind(ex, " 000000.\n") == "other"
+    assert ruler.answer_kind(ex, "\n" + ex.expected[0]) == "other"  # only the first line counts
+    multi = ruler.make_example("multiquery", TOK, HAYSTACK, 1024, 0.5, np.random.default_rng(5))
+    assert multi.distractors == ()
