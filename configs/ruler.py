@@ -4,11 +4,23 @@
     python -m experiments.ruler --config=configs/ruler.py:gpu --workdir=runs/ruler
     python -m experiments.ruler --config=configs/ruler.py:gpu --config.resume --workdir=runs/ruler
     python -m experiments.ruler --config=configs/ruler.py:gpu,model=sinktoken --workdir=runs/r2
+    python -m experiments.ruler --config=configs/ruler.py:headwise --workdir=runs/headwise
 
 Variants: smoke (untrained 2-layer ``random`` model, context 600, 2 tasks, 3 policies, CPU,
 about a minute), gpu (every registry policy x budgets 5/10/20/50% x every task x contexts
-1024/2048 x 5 depths x 20 trials; one H100, about 5 minutes). Args after the variant:
-model=<name under models/ or a checkpoint dir>, trials=<per cell>.
+1024/2048 x 5 depths x 20 trials; one H100, about 5 minutes), headwise (every head-wise
+registry policy next to the uniform streaming_llm and snapkv at budgets 10/20% and dense x
+every task x contexts 1024/2048 x 5 depths x 12 trials, 312 prompts = 3 batches of 104 per
+cell: accuracy vs the bytes each head keeps; one H100, about 5 minutes, most of it compiling
+the 34 programs). Args after the variant: model=<name under models/ or a checkpoint dir>,
+trials=<per cell>.
+
+Head scores (duo, headkv, razor): ``gates`` is a directory of ``experiments.head_gates``
+output for the model (e.g. ``--config.gates=runs/gates`` with ``duo_gates.json`` from its
+optimisation: ``--config.gate_files.duo=duo_gates.json``); left empty, the run computes the
+cheap calibration proxies first (``head_gates``: DuoAttention's proxy gates, also HeadKV's
+scores, and RazorAttention's retrieval heads from 32 held-out texts, no optimisation) into
+``<workdir>/gates``. A gate file of another model shape is refused before any cell runs.
 
 SnapKV-family hyper-parameters are translated from BPE tokens to our bytes at about 4 bytes per
 token: KVCache-Factory's observation window 8 and pooling kernel 7 tokens become window 32 and
@@ -17,6 +29,7 @@ kernel 29 bytes; ``snapkv(kernel=7)`` (untranslated) is kept as one row to show 
 
 import ml_collections
 
+from configs import head_gates
 from configs.common import parse_arg
 from configs.stream_ppl import model_dir
 from lcache.data.ruler import TASKS
@@ -29,6 +42,13 @@ POLICIES = (
     "value(recent=0.5)", f"recompress({SNAP},pool=max,interval=16)",
     "dense@int4", "dense@int4+sinks4", "dense@int2", "dense@int2+sinks4",
 )
+HEADWISE = (  # costliest to compile first (precompile starts them first): HeadKV's 4 groups
+    # per layer compile ~15x a SnapKV program on CPU, duo / razor (2 groups per layer) ~4x
+    f"headkv({SNAP},pool=max)", "razor", "duo", f"adakv({SNAP},pool=max)",
+    "expected_attention(alpha=0.2)", "expected_attention", "compaction",
+    f"snapkv({SNAP},pool=max)", "streaming_llm(sinks=4)", "dense",
+)
+GATE_FILES = dict(duo="duo_proxy.json", headkv="duo_proxy.json", razor="razor.json")
 VARIANTS = {
     "smoke": dict(contexts=(600,), budget_fracs=(0.2,), depths=(0.0, 1.0), trials=2,
                   tasks=("passkey", "multikey"), batch=4, threads=2,
@@ -36,6 +56,9 @@ VARIANTS = {
     "gpu": dict(contexts=(1024, 2048), budget_fracs=(0.05, 0.1, 0.2, 0.5),
                 depths=(0.0, 0.25, 0.5, 0.75, 1.0), trials=20, tasks=TASKS, batch=104,
                 threads=16, policies=POLICIES),
+    "headwise": dict(contexts=(1024, 2048), budget_fracs=(0.1, 0.2),
+                     depths=(0.0, 0.25, 0.5, 0.75, 1.0), trials=12, tasks=TASKS, batch=104,
+                     threads=16, policies=HEADWISE),
 }
 
 
@@ -52,4 +75,8 @@ def get_config(arg: str = "gpu") -> ml_collections.ConfigDict:
     c.resume = False  # True: keep the cells already in --workdir's ruler.csv, run the rest
     c.compute_dtype = "float32" if v == "smoke" else "bfloat16"
     c.fast_compile = v == "smoke"
+    c.gates = ""  # experiments.head_gates output for this model; "": proxies at run start
+    c.gate_files = dict(GATE_FILES)  # policy name -> its file in gates
+    c.head_gates = head_gates.get_config("default,steps=0")  # the proxies' config
+    c.head_gates.model = c.get_ref("model_dir")
     return c

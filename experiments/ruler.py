@@ -4,6 +4,11 @@
 
 Every registry spec in ``policies`` x ``budget_fracs`` of the context x ``contexts``, each cell
 one compiled program over all ``tasks`` x ``depths`` x ``trials`` (``lcache.eval.suite``).
+Head-wise specs that read the model's head scores (duo, headkv, razor) load the gate file named
+by ``gate_files[<policy name>]`` from the directory ``gates`` (``experiments.head_gates``'s
+output for this model: another model's shape is refused before any cell runs); with ``gates``
+empty, the run first writes the proxies (DuoAttention's calibration proxy, RazorAttention's
+retrieval heads; ``head_gates`` config, no optimisation) for this model to ``<workdir>/gates``.
 Writes to ``--workdir``:
 
   ruler.csv             policy,budget_frac,task,context,depth,trials,accuracy,cache_bytes
@@ -23,7 +28,9 @@ import time
 import numpy as np
 from absl import logging
 
+from experiments import head_gates
 from experiments.common import cli, experiment
+from lcache.cache import registry
 from lcache.data import ruler
 from lcache.data.heldout import heldout_tokens
 from lcache.eval import (
@@ -56,12 +63,32 @@ def read_rows(path: str) -> list[dict]:
         return [{k: types.get(k, str)(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def gate_files(c, cells, workdir: str) -> dict[str, str]:
+    """``{policy name: gate file}`` for the head-wise specs among ``cells`` (see the module
+    docstring); computes the proxies into ``<workdir>/gates`` when ``c.gates`` is empty."""
+    names = sorted({registry.parse(x.spec).name for x in cells if suite.uses_head_scores(x.spec)})
+    if not names:
+        return {}
+    missing = [n for n in names if n not in c.gate_files]
+    if missing:
+        raise ValueError(f"config.gate_files names no gate file for {missing} (it has "
+                         f"{sorted(c.gate_files)})")
+    folder = c.gates or os.path.join(workdir, "gates")
+    if not c.gates:
+        head_gates.run(c.head_gates, folder)
+    return {n: os.path.join(folder, c.gate_files[n]) for n in names}
+
+
 @experiment
 def run(c, workdir: str) -> list[dict]:
     start = time.time()
     model, tok = load_reference(c.model_dir, c.compute_dtype)
     cells = suite.grid(c.policies, c.budget_fracs, c.contexts)
-    suite.check_cells(cells, model.cfg, max(ruler.MAX_NEW_TOKENS[t] for t in c.tasks))
+    max_new = max(ruler.MAX_NEW_TOKENS[t] for t in c.tasks)
+    suite.check_cells([x for x in cells if not suite.uses_head_scores(x.spec)], model.cfg,
+                      max_new)  # before the gates are computed
+    scores = suite.load_head_scores(gate_files(c, cells, workdir), model.cfg)
+    suite.check_cells(cells, model.cfg, max_new, scores)
     examples = ruler.make_suite(tok, heldout_tokens(tok), tuple(c.tasks), tuple(c.contexts),
                                 tuple(c.depths), c.trials, c.seed)
     logging.info("%d cells x %d examples", len(cells), len(examples))
@@ -79,7 +106,7 @@ def run(c, workdir: str) -> list[dict]:
     engine = Engine.create(model, ProgramCache())
     if todo:
         suite.run_suite(engine, tok, examples, todo, batch=c.batch, threads=c.threads,
-                        probe_rows=c.probe_rows, on_cell=on_cell)
+                        probe_rows=c.probe_rows, head_scores=scores, on_cell=on_cell)
     rows = done
     for frac in c.budget_fracs:
         suite_plots.heatmaps(rows, frac, os.path.join(workdir, f"ruler_heatmap_{frac:g}.png"))

@@ -15,21 +15,28 @@ windows included, ``lcache.cache.registry``); ``dense`` and the full-cache quant
 a probe prefill of the cell's first ``probe_rows`` prompts (the reference allocates per prompt;
 one allocation per cell keeps the batch on one program).
 
+Head-wise specs that read the model's head scores (``duo``, ``headkv``, ``razor``: their
+registry entries need ``head_scores``) get them from ``head_scores``, a mapping from the
+policy's registry name to ``[L, Hkv]`` scores (``load_head_scores`` reads the gate files of
+``experiments.head_gates``), checked against the model's shape before any work.
+
 Rows: ``policy, budget_frac, task, context, depth, trials, accuracy, cache_bytes`` with
 ``cache_bytes`` the bytes of all layers' caches for one sequence at the storage's dtypes (keys,
-values, positions, scores, quantization scales: ``lcache.cache.cache_bytes``).
+values, positions, scores, quantization scales: ``lcache.cache.cache_bytes``), as allocated:
+head groups (DuoAttention, RazorAttention, HeadKV) count each group's heads at its own
+capacity, AdaKV / ExpectedAttention pools their ``H * budget`` entries and per-head rings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
 
-from lcache.cache import ScoredPolicy, cache_bytes, registry
+from lcache.cache import ScoredPolicy, cache_bytes, duo, registry
 from lcache.data import ruler
 from lcache.eval.engine import Engine
 from lcache.eval.progress import Progress
@@ -71,31 +78,68 @@ def grid(specs: Sequence[str], fracs: Sequence[float], contexts: Sequence[int]) 
     return cells
 
 
-def check_cells(cells: Sequence[Cell], cfg, max_new: int) -> None:
-    """Raise ValueError (before any work) for a spec the registry refuses at its budget."""
+def uses_head_scores(spec: str) -> bool:
+    """True for a spec whose policy reads the model's head scores (duo, headkv, razor)."""
+    entry = registry.REGISTRY.get(registry.parse(spec).name)  # unknown: registry.check says
+    return entry is not None and "head_scores" in entry.needs
+
+
+def load_head_scores(files: Mapping[str, str], cfg) -> dict[str, np.ndarray]:
+    """``{policy name: path}`` of gate files (``duo.save_gates``'s format, written by
+    ``experiments.head_gates``) -> ``{policy name: scores [L, Hkv]}``; ValueError naming the
+    file when it belongs to another model shape."""
+    return {name: duo.load_gates(path, num_layers=cfg.num_layers,
+                                 num_kv_heads=cfg.cache_dims[0])
+            for name, path in files.items()}
+
+
+def _scores_of(spec: str, head_scores: Mapping[str, np.ndarray], cfg):
+    """The ``[L, Hkv]`` head scores ``spec`` reads (None for specs that read none)."""
+    if not uses_head_scores(spec):
+        return None
+    name = registry.parse(spec).name
+    if name not in head_scores:
+        raise ValueError(f"{name} reads the model's head scores: give head_scores[{name!r}] "
+                         "([L, Hkv], e.g. a gate file of experiments.head_gates); got scores "
+                         f"for {sorted(head_scores) or 'no policy'}")
+    scores, want = np.asarray(head_scores[name]), (cfg.num_layers, cfg.cache_dims[0])
+    if scores.shape != want:
+        raise ValueError(f"head_scores[{name!r}] has shape {scores.shape}, the model has "
+                         f"{want[0]} layers x {want[1]} KV heads (scores of another model?)")
+    return scores
+
+
+def check_cells(cells: Sequence[Cell], cfg, max_new: int,
+                head_scores: Mapping[str, np.ndarray] | None = None) -> None:
+    """Raise ValueError (before any work) for a spec the registry refuses at its budget, or
+    head scores (``{policy name: [L, Hkv]}``) missing or of another model's shape."""
     for c in cells:
         try:
             registry.check(c.spec, c.budget, prompt_len=c.context, num_layers=cfg.num_layers,
-                           max_new=max_new, num_model_sinks=cfg.num_sink_tokens)
+                           max_new=max_new, num_model_sinks=cfg.num_sink_tokens,
+                           head_scores=_scores_of(c.spec, head_scores or {}, cfg))
         except ValueError as err:
             raise ValueError(f"cell {c.spec} at {c.budget_frac:g} of context {c.context} "
                              f"({c.budget} tokens): {err}") from err
 
 
 def cell_policy(engine: Engine, cell: Cell, prompts: Sequence[np.ndarray], max_new: int,
-                probe_rows: int):
-    """The policy of ``cell`` (DynamicKV probes the first ``probe_rows`` prompts)."""
+                probe_rows: int, head_scores: Mapping[str, np.ndarray] | None = None):
+    """The policy of ``cell`` (DynamicKV probes the first ``probe_rows`` prompts; head-wise
+    specs read their ``head_scores``)."""
     def probe(policy):
         return engine.prefill(list(prompts[:probe_rows]), policy, pad_to=cell.context,
                               batch=min(probe_rows, len(prompts)))
 
     return registry.build(cell.spec, cell.budget, prompt_len=cell.context,
                           num_layers=engine.cfg.num_layers, max_new=max_new,
-                          num_model_sinks=engine.cfg.num_sink_tokens, probe=probe)
+                          num_model_sinks=engine.cfg.num_sink_tokens, probe=probe,
+                          head_scores=_scores_of(cell.spec, head_scores or {}, engine.cfg))
 
 
 def policy_bytes(policy, cfg) -> int:
-    """Bytes of all layers' caches for one sequence (bf16 full-precision storage)."""
+    """Bytes of all layers' caches for one sequence (bf16 full-precision storage), each layer
+    its state's arrays as allocated (head groups: every group at its own capacity)."""
     layers = tuple(policy) if isinstance(policy, tuple) else (policy,) * cfg.num_layers
     kv, q, dk, _ = cfg.cache_dims
     return cache_bytes(layers, 1, kv, dk, q_heads=q)
@@ -127,15 +171,17 @@ def _needs_probe(spec: str) -> bool:
 
 def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells: Sequence[Cell],
               *, batch: int, threads: int = 8, probe_rows: int = 32,
+              head_scores: Mapping[str, np.ndarray] | None = None,
               on_cell: Callable[[Cell, list[dict]], None] | None = None,
               progress: Progress | None = None) -> list[dict]:
     """Every cell over the ``examples`` of its context -> result rows (see module docstring).
 
-    ``batch`` rows per micro-batch; ``threads`` concurrent compilations; ``on_cell`` is called
+    ``batch`` rows per micro-batch; ``threads`` concurrent compilations; ``head_scores``:
+    ``{policy name: [L, Hkv]}`` for the head-wise specs (module docstring); ``on_cell`` is called
     with each finished cell's rows (partial CSVs); ``progress`` (default: a bar of its own over
     the cells) steps once per cell."""
     max_new = max(ruler.MAX_NEW_TOKENS[e.task] for e in examples)
-    check_cells(cells, engine.cfg, max_new)
+    check_cells(cells, engine.cfg, max_new, head_scores)
     by_context: dict[int, list] = {}
     for e in examples:
         by_context.setdefault(e.context, []).append(e)
@@ -146,7 +192,7 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
     rows, progress = [], progress or Progress(len(cells), "cells")
     for context in dict.fromkeys(c.context for c in cells):  # compile, then run, per context
         group = [c for c in cells if c.context == context]
-        own = {c: cell_policy(engine, c, [], max_new, probe_rows) for c in group
+        own = {c: cell_policy(engine, c, [], max_new, probe_rows, head_scores) for c in group
                if not _needs_probe(c.spec)}
         shared = share_budgets(own)
         programs = {(shared.get(c, p), c in shared): None for c, p in own.items()}
@@ -159,7 +205,8 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
         exs = by_context[context]
         prompts = [e.prompt_ids for e in exs]
         for cell in group:
-            policy = own.get(cell) or cell_policy(engine, cell, prompts, max_new, probe_rows)
+            policy = own.get(cell) or cell_policy(engine, cell, prompts, max_new, probe_rows,
+                                                  head_scores)
             budgets = [cell.budget] * len(prompts) if cell in shared else None
             outs = engine.generate(prompts, shared.get(cell, policy), sampling, pad_to=context,
                                    batch=batch, budgets=budgets)
