@@ -5,6 +5,8 @@
     python -m experiments.ruler --config=configs/ruler.py:gpu --config.resume --workdir=runs/ruler
     python -m experiments.ruler --config=configs/ruler.py:gpu,model=sinktoken --workdir=runs/r2
     python -m experiments.ruler --config=configs/ruler.py:headwise --workdir=runs/headwise
+    python -m experiments.ruler --config=configs/ruler.py:reuse --workdir=runs/reuse
+    python -m experiments.ruler --config=configs/ruler.py:reuse,split=false --workdir=runs/reuse0
 
 Variants: smoke (untrained 2-layer ``random`` model, context 600, 2 tasks, 3 policies, CPU,
 about a minute), gpu (every registry policy x budgets 5/10/20/50% x every task x contexts
@@ -12,8 +14,13 @@ about a minute), gpu (every registry policy x budgets 5/10/20/50% x every task x
 registry policy next to the uniform streaming_llm and snapkv at budgets 10/20% and dense x
 every task x contexts 1024/2048 x 5 depths x 12 trials, 312 prompts = 3 batches of 104 per
 cell: accuracy vs the bytes each head keeps; one H100, about 5 minutes, most of it compiling
-the 34 programs). Args after the variant: model=<name under models/ or a checkpoint dir>,
-trials=<per cell>.
+the 34 programs), reuse (questions after compression: the context is prefilled and
+compressed before its question arrives, as when one compressed context serves several
+questions; query-aware SnapKV/AdaKV against query-agnostic ExpectedAttention and the uniform
+baselines at 20% of 1024 bytes, passkey and multi-key, 5 depths x 8 trials; CPU, ~10 minutes on
+2 cores). Args after the variant: model=<name under models/ or a checkpoint dir>,
+trials=<per cell>, split=<bool: questions after compression; the CSV does not record it, so
+give each setting its own workdir>.
 
 Head scores (duo, headkv, razor): ``gates`` is a directory of ``experiments.head_gates``
 output for the model (e.g. ``--config.gates=runs/gates`` with ``duo_gates.json`` from its
@@ -59,21 +66,32 @@ VARIANTS = {
     "headwise": dict(contexts=(1024, 2048), budget_fracs=(0.1, 0.2),
                      depths=(0.0, 0.25, 0.5, 0.75, 1.0), trials=12, tasks=TASKS, batch=104,
                      threads=16, policies=HEADWISE),
+    "reuse": dict(contexts=(1024,), budget_fracs=(0.2,), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+                  trials=8, tasks=("passkey", "multikey"), batch=40, threads=2,
+                  question_after_compression=True,
+                  policies=("dense", f"snapkv({SNAP},pool=max)", f"adakv({SNAP},pool=max)",
+                            "expected_attention", "streaming_llm(sinks=4)", "h2o(recent=0.5)")),
 }
+SPLIT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def get_config(arg: str = "gpu") -> ml_collections.ConfigDict:
-    a = parse_arg(arg, variant="gpu", model="", trials=0)
+    a = parse_arg(arg, variant="gpu", model="", trials=0, split="")
     v = a["variant"]
     if v not in VARIANTS:
         raise ValueError(f"unknown ruler variant {v!r}; expected one of {sorted(VARIANTS)}")
-    c = ml_collections.ConfigDict(VARIANTS[v])
+    if a["split"] and a["split"].lower() not in SPLIT:
+        raise ValueError(f"config arg split={a['split']!r} is not a bool; use one of "
+                         f"{sorted(SPLIT)}")
+    c = ml_collections.ConfigDict({"question_after_compression": False, **VARIANTS[v]})
+    if a["split"]:
+        c.question_after_compression = SPLIT[a["split"].lower()]
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.trials = a["trials"] or c.trials
     c.seed = 0
     c.probe_rows = 32  # DynamicKV's allocation probe
     c.resume = False  # True: keep the cells already in --workdir's ruler.csv, run the rest
-    c.compute_dtype = "float32" if v == "smoke" else "bfloat16"
+    c.compute_dtype = "float32" if v in ("smoke", "reuse") else "bfloat16"  # CPU: float32
     c.fast_compile = v == "smoke"
     c.gates = ""  # experiments.head_gates output for this model; "": proxies at run start
     c.gate_files = dict(GATE_FILES)  # policy name -> its file in gates

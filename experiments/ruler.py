@@ -9,7 +9,8 @@ by ``gate_files[<policy name>]`` from the directory ``gates`` (``experiments.hea
 output for this model: another model's shape is refused before any cell runs); with ``gates``
 empty, the run first writes the proxies (DuoAttention's calibration proxy, RazorAttention's
 retrieval heads; ``head_gates`` config, no optimisation) for this model to ``<workdir>/gates``.
-Writes to ``--workdir``:
+With ``question_after_compression`` every prompt's context is prefilled (and compressed) before
+its question arrives (``lcache.eval.suite``). Writes to ``--workdir``:
 
   ruler.csv             policy,budget_frac,task,context,depth,trials,accuracy,cache_bytes
                         (rewritten after every cell, so a cut run keeps what it finished;
@@ -106,13 +107,16 @@ def run(c, workdir: str) -> list[dict]:
     engine = Engine.create(model, ProgramCache())
     if todo:
         suite.run_suite(engine, tok, examples, todo, batch=c.batch, threads=c.threads,
-                        probe_rows=c.probe_rows, head_scores=scores, on_cell=on_cell)
+                        probe_rows=c.probe_rows, head_scores=scores,
+                        question_after_compression=c.question_after_compression,
+                        on_cell=on_cell)
     rows = done
     for frac in c.budget_fracs:
         suite_plots.heatmaps(rows, frac, os.path.join(workdir, f"ruler_heatmap_{frac:g}.png"))
     for context in c.contexts:
         suite_plots.pareto(rows, context, os.path.join(workdir, f"ruler_pareto_{context}.png"))
-    print(f"{os.path.basename(c.model_dir)}: mean accuracy over tasks, depths, contexts")
+    mode = ", questions after compression" if c.question_after_compression else ""
+    print(f"{os.path.basename(c.model_dir)}: mean accuracy over tasks, depths, contexts{mode}")
     print(markdown(table(rows, "context")))
     print(markdown(table(rows, "task")))
     print(engine.report())

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lcache.data.passkey import QUESTION as PASSKEY_QUESTION
 from lcache.data.passkey import make_passkey
 from lcache.data.tokenizer import Tokenizer
 
@@ -54,8 +55,10 @@ _SNAP = 96  # a needle moves back to the previous line start if one is this clos
 class TaskExample:
     """One prompt: ``prompt_ids [T]`` int32 (BOS first, ``T <= context``), the reference
     ``answer`` text (what training rows append), the ``expected`` items the scorer looks for,
-    the requested ``depth`` and ``context``, and the ``distractors``: items hidden in the prompt
-    that a wrong answer may copy (multikey: the other needles' numbers)."""
+    the requested ``depth`` and ``context``, the ``distractors``: items hidden in the prompt
+    that a wrong answer may copy (multikey: the other needles' numbers), and ``question_len``:
+    the prompt's last tokens that ask the question (a newline and the question; the rest is the
+    context a cache may compress before the question arrives)."""
 
     task: str
     prompt_ids: np.ndarray
@@ -64,6 +67,12 @@ class TaskExample:
     depth: float
     context: int
     distractors: tuple[str, ...] = ()
+    question_len: int = 0
+
+    @property
+    def question_at(self) -> int:
+        """Index of the question's first token in ``prompt_ids``."""
+        return self.prompt_ids.size - self.question_len
 
     @property
     def ordered(self) -> bool:
@@ -146,13 +155,13 @@ def make_example(task: str, tok: Tokenizer, haystack: np.ndarray, context: int, 
     task's fixed parts (header, needles, question)."""
     _check(task, context, depth)
 
-    def done(prompt, answer, expected, distractors=()):
+    def done(prompt, answer, expected, question, distractors=()):
         return TaskExample(task, prompt, answer, tuple(expected), float(depth), int(context),
-                           tuple(distractors))
+                           tuple(distractors), int(tok.encode("\n" + question).size))
 
     if task == "passkey":
         ex = make_passkey(tok, context, depth, int(rng.integers(1, 50_001)))
-        return done(ex.prompt_ids, f" {ex.key}.", [str(ex.key)])
+        return done(ex.prompt_ids, f" {ex.key}.", [str(ex.key)], PASSKEY_QUESTION)
     if task == "cwe":
         return _cwe(tok, context, rng, done)
     if task == "vartrack":
@@ -163,7 +172,7 @@ def make_example(task: str, tok: Tokenizer, haystack: np.ndarray, context: int, 
         question = f"Which variables are assigned the value {value}? They are:"
         prompt = _needle_prompt(tok, haystack, context, VAR_HEADER, list(zip(depths, lines,
                                 strict=True)), question, rng, task)
-        return done(prompt, " " + " ".join(names) + ".", names)
+        return done(prompt, " " + " ".join(names) + ".", names, question)
     words, values = _words(rng, NUM_NEEDLES), _numbers(rng, NUM_NEEDLES)
 
     def line(word, value):
@@ -194,7 +203,7 @@ def make_example(task: str, tok: Tokenizer, haystack: np.ndarray, context: int, 
         expected, distractors = [values[i] for i in asked], ()
     prompt = _needle_prompt(tok, haystack, context, NEEDLE_HEADER, needles, question, rng, task)
     answer = " " + ", ".join(expected) + "."
-    return done(prompt, answer, expected, distractors)
+    return done(prompt, answer, expected, question, distractors)
 
 
 def _cwe(tok: Tokenizer, context: int, rng, done) -> TaskExample:
@@ -222,7 +231,7 @@ def _cwe(tok: Tokenizer, context: int, rng, done) -> TaskExample:
             break
         drop = max(i for i, w in enumerate(items) if w not in common)
         items.pop(drop)
-    return done(prompt, " " + ", ".join(common) + ".", common)
+    return done(prompt, " " + ", ".join(common) + ".", common, question)
 
 
 _INTEGER = re.compile(r"\d+")

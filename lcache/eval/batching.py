@@ -46,6 +46,23 @@ def pad_prompts(prompts: Sequence[Sequence[int]], multiple: int = 16, pad_id: in
     return tokens, lengths
 
 
+def split_questions(prompts: Sequence[Sequence[int]], question_at: Sequence[int],
+                    multiple: int = 16) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Prompts cut at ``question_at`` (one index per prompt, inside it) -> ``(contexts, questions
+    [N, Q], question lengths [N])``: the questions right-padded to the longest rounded up to a
+    multiple of ``multiple``."""
+    if len(question_at) != len(prompts):
+        raise ValueError(f"question_at needs one index per prompt: got {len(question_at)} for "
+                         f"{len(prompts)} prompts")
+    for i, (p, q) in enumerate(zip(prompts, question_at, strict=True)):
+        if not 0 < int(q) < len(p):
+            raise ValueError(f"question_at[{i}]={q} must lie inside prompt {i} (0 < question_at < "
+                             f"{len(p)}): both the context and the question need a token")
+    cuts = [(np.asarray(p), int(q)) for p, q in zip(prompts, question_at, strict=True)]
+    questions, lengths = pad_prompts([p[q:] for p, q in cuts], multiple)
+    return [p[:q] for p, q in cuts], questions, lengths
+
+
 def check_tokens(tokens, vocab_size: int) -> None:
     """Raise ValueError naming the first token id outside ``[0, vocab_size)``."""
     tokens = np.asarray(tokens)

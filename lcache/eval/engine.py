@@ -33,6 +33,7 @@ from lcache.eval.batching import (
     micro_batches,
     pad_prompts,
     row_surplus,
+    split_questions,
 )
 from lcache.eval.compiled import Job, ProgramCache, abstract, signature, spec
 from lcache.eval.nll import TeacherForced
@@ -108,9 +109,11 @@ class Engine(TeacherForced):
         return Job.of(programs.init_cache, policy=policy, batch=batch,
                       cache_dtype=self.cache_dtype)
 
-    def _prefill(self, policy, caches, tokens, pos, targets) -> Job:
+    def _prefill(self, policy, caches, tokens, pos, targets, sink_scores: bool = True) -> Job:
+        """One chunk; ``sink_scores=False``: no KVSink outlier scores (a chunk that does not
+        start the stream, whose own forward from position 0 would misplace them)."""
         return Job.of(programs.prefill, caches, tokens, pos, targets, donate=(0,), policy=policy,
-                      sink_layer=self.sink_layer)
+                      sink_layer=self.sink_layer if sink_scores else None)
 
     def _cache_specs(self, policy, batch: int):
         fn = functools.partial(programs.init_cache, self.graphdef, policy=policy, batch=batch,
@@ -118,29 +121,37 @@ class Engine(TeacherForced):
         return abstract(jax.eval_shape(fn, self.params))
 
     # -- generation --------------------------------------------------------------------------
-    def _generate(self, policy, sampling, tokens, lengths, bits, surplus, forced) -> Job:
+    def _generate(self, policy, sampling, tokens, lengths, bits, surplus, forced,
+                  question=None) -> Job:
         static = dict(policy=policy, sampling=sampling, cache_dtype=self.cache_dtype,
                       sink_layer=self.sink_layer)
+        if question is not None:
+            return Job.of(programs.generate_split, tokens, lengths, *question, bits, surplus,
+                          **static)
         if forced is None:
             return Job.of(programs.generate, tokens, lengths, bits, surplus, **static)
         return Job.of(programs.generate_scored, tokens, lengths, bits, surplus, forced, **static)
 
     def generate_jobs(self, policy, sampling: Sampling, *, pad_to: int, batch: int,
-                      score_to: int = 0, row_budgets: bool = False) -> list[Job]:
+                      score_to: int = 0, row_budgets: bool = False,
+                      question_to: int = 0) -> list[Job]:
         """The program ``generate`` (``score_to = 0``) or ``generate_scored`` (references
         padded to ``score_to`` tokens) runs for ``batch`` rows padded to ``pad_to`` tokens
-        (``row_budgets``: called with ``budgets``)."""
+        (``row_budgets``: called with ``budgets``; ``question_to``: ``generate_split`` with
+        questions padded to that many tokens, called with ``question_at``)."""
         bits = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
         forced = spec((batch, score_to)) if score_to else None
         surplus = spec((batch,)) if row_budgets else None
+        question = (spec((batch, question_to)), spec((batch,))) if question_to else None
         policy, _ = check_generation(self.cfg, policy, sampling)
         return [self._generate(policy, sampling, spec((batch, pad_to)), spec((batch,)),
-                               spec(bits.shape, bits.dtype), surplus, forced)]
+                               spec(bits.shape, bits.dtype), surplus, forced, question)]
 
     def generate(self, prompts: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
                  sampling: Sampling | None = None, *, pad_to: int | None = None,
                  batch: int | None = None, seed: int = 0, pad_multiple: int = 16,
-                 budgets: Sequence[int] | None = None) -> list[np.ndarray]:
+                 budgets: Sequence[int] | None = None,
+                 question_at: Sequence[int] | None = None) -> list[np.ndarray]:
         """Continuations of token-id ``prompts`` under ``policy`` -> one int32 array per prompt
         (cut after ``sampling.eos_id``; ``sampling=None``: greedy, 32 tokens).
 
@@ -149,9 +160,15 @@ class Engine(TeacherForced):
         micro-batch is filled with dummy rows that are dropped. Micro-batch ``i`` samples with
         ``fold_in(key(seed), i)``. ``budgets`` (one per prompt, score-based policies built for
         the largest): budget as data, every budget in one program (``row_surplus``).
+        ``question_at`` (one index per prompt, ``0 < question_at < len(prompt)``): prompt ``i``
+        is prefilled as its context ``[:question_at[i]]`` (padded to ``pad_to``), then its
+        question (padded to the longest question rounded up to ``pad_multiple``), so the
+        policy compresses the context before the question arrives (``generate_split``).
         """
+        question = None if question_at is None else split_questions(prompts, question_at,
+                                                                    pad_multiple)
         return self._generate_rows(prompts, None, policy, sampling, pad_to, batch, seed,
-                                   pad_multiple, budgets)[0]
+                                   pad_multiple, budgets, question)[0]
 
     def generate_scored(self, prompts: Sequence[Sequence[int]],
                         references: Sequence[Sequence[int]], policy: Policy | Sequence[Policy],
@@ -172,9 +189,11 @@ class Engine(TeacherForced):
                                                                     strict=True)]
 
     def _generate_rows(self, prompts, scored, policy, sampling, pad_to, batch, seed,
-                       pad_multiple, budgets) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                       pad_multiple, budgets, question=None
+                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Shared by ``generate`` and ``generate_scored`` (``scored``: None or the padded
-        references ``[N, D]`` and their longest real length)."""
+        references ``[N, D]`` and their longest real length; ``question``: None or
+        ``(contexts, padded questions [N, Q], question lengths [N])``)."""
         sampling = sampling or Sampling()
         tokens, lengths = pad_prompts(prompts, pad_multiple, pad_to=pad_to)
         check_tokens(tokens, self.cfg.vocab_size)
@@ -184,12 +203,17 @@ class Engine(TeacherForced):
         policy, new_tokens = check_generation(self.cfg, policy, sampling, longest)
         check_fits(self.cfg, policy, int(lengths.max()), new_tokens)
         surplus = None if budgets is None else row_surplus(policy, budgets, len(tokens))
+        q_tokens = q_lengths = None
+        if question is not None:
+            contexts, q_tokens, q_lengths = question
+            tokens, lengths = pad_prompts(contexts, pad_multiple, pad_to=tokens.shape[1])
         out, nll = [], []
         for i, (start, stop) in enumerate(micro_batches(len(tokens), batch)):
             rows = stop - start if batch is None else batch
             fill = lambda x, a=start, b=stop, n=rows: None if x is None else fill_rows(x[a:b], n)
-            res = self.run(self._generate(policy, sampling, fill(tokens), fill(lengths),
-                                          _key_bits(seed, i), fill(surplus), fill(forced)))
+            res = self.run(self._generate(
+                policy, sampling, fill(tokens), fill(lengths), _key_bits(seed, i), fill(surplus),
+                fill(forced), None if question is None else (fill(q_tokens), fill(q_lengths))))
             toks = res if forced is None else res[0]
             out.extend(np.asarray(toks)[: stop - start])
             if forced is not None:
@@ -246,18 +270,29 @@ class Engine(TeacherForced):
         return self.run(self._prefill(policy, caches, tokens, pos, targets))
 
     def prefill(self, prompts: Sequence[Sequence[int]], policy, *, pad_to: int | None = None,
-                batch: int | None = None, pad_multiple: int = 16) -> list:
+                batch: int | None = None, pad_multiple: int = 16,
+                question_at: Sequence[int] | None = None) -> list:
         """The per-layer caches after prefilling ``prompts`` under ``policy`` (DynamicKV's
-        probe), as host arrays of ``len(prompts)`` rows (micro-batches concatenated)."""
+        probe), as host arrays of ``len(prompts)`` rows (micro-batches concatenated).
+        ``question_at``: each prompt's question as a second chunk (as in ``generate``)."""
         tokens, lengths = pad_prompts(prompts, pad_multiple, pad_to=pad_to)
         check_tokens(tokens, self.cfg.vocab_size)
         check_fits(self.cfg, policy, int(lengths.max()), 0)
+        q_tokens = None
+        if question_at is not None:
+            contexts, q_tokens, q_lengths = split_questions(prompts, question_at, pad_multiple)
+            tokens, lengths = pad_prompts(contexts, pad_multiple, pad_to=tokens.shape[1])
         parts = []
         for start, stop in micro_batches(len(tokens), batch):
             rows = stop - start if batch is None else batch
-            tok = fill_rows(tokens[start:stop], rows)
-            _, caches = self._prefill_rows(policy, tok, fill_rows(lengths[start:stop], rows),
-                                           np.zeros_like(tok))
+            fill = lambda x, a=start, b=stop, n=rows: fill_rows(x[a:b], n)  # noqa: E731
+            tok, length = fill(tokens), fill(lengths)
+            _, caches = self._prefill_rows(policy, tok, length, np.zeros_like(tok))
+            if q_tokens is not None:
+                q_tok, steps = fill(q_tokens), np.arange(q_tokens.shape[1])[None]
+                pos = np.where(steps < fill(q_lengths)[:, None], length[:, None] + steps, -1)
+                _, caches = self.run(self._prefill(policy, caches, q_tok, pos.astype(np.int32),
+                                                   np.zeros_like(q_tok), sink_scores=False))
             parts.append(jax.tree.map(lambda x, n=stop - start: np.asarray(x)[:n], caches))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 

@@ -75,14 +75,13 @@ def decode_nll(graphdef, params, caches, inputs_TB, targets_TB, pos_TB, *, polic
     return jax.lax.scan(step, caches, (inputs_TB, targets_TB, pos_TB))
 
 
-def _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype, sink_layer):
-    """Prefill right-padded prompts into fresh caches -> (logits after each prompt's last token
-    ``[B, V]``, caches). ``surplus [B]`` (or None): slots each row of a score-based policy
-    leaves blocked, its budget below the policy's (budget as data)."""
-    b, t = tokens_BT.shape
+def _fresh_caches(model, batch: int, surplus_B, policy, cache_dtype):
+    """Empty caches for ``batch`` rows; ``surplus [B]`` (or None): slots each row of a
+    score-based policy leaves blocked, its budget below the policy's (budget as data)."""
     # one policy for every layer: layer-stacked caches, so the blocks run as one lax.scan and
     # the program traces and compiles one block instead of L
-    caches = model.init_cache(policy, b, None if cache_dtype is None else jnp.dtype(cache_dtype),
+    caches = model.init_cache(policy, batch,
+                              None if cache_dtype is None else jnp.dtype(cache_dtype),
                               stacked=isinstance(policy, Policy))
     # fresh caches are constants: without the barrier XLA constant-folds ops on them (seconds
     # per op on GPU, measured: 196 s to compile 53 RULER programs on 16 threads)
@@ -90,9 +89,36 @@ def _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype, 
     if surplus_B is not None:
         block = lambda c: block_slots(c, surplus_B)  # noqa: E731
         caches = caches.map(block) if isinstance(caches, LayerStack) else list(map(block, caches))
-    logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, t), caches,
-                                   with_sink_scores(model, tokens_BT, policy, sink_layer))
-    return jnp.take_along_axis(logits, (lengths_B - 1)[:, None, None], axis=1)[:, 0], caches
+    return caches
+
+
+def _last_logits(logits_BTV, lengths_B):
+    """``[B, V]`` logits after each row's last real token."""
+    return jnp.take_along_axis(logits_BTV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+
+
+def _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype, sink_layer):
+    """Prefill right-padded prompts into fresh caches -> (logits after each prompt's last token
+    ``[B, V]``, caches)."""
+    caches = _fresh_caches(model, tokens_BT.shape[0], surplus_B, policy, cache_dtype)
+    logits, caches = model.prefill(tokens_BT, prompt_positions(lengths_B, tokens_BT.shape[1]),
+                                   caches, with_sink_scores(model, tokens_BT, policy, sink_layer))
+    return _last_logits(logits, lengths_B), caches
+
+
+def _split_prompt_logits(model, context_BT, context_len_B, question_BQ, question_len_B,
+                         surplus_B, policy, cache_dtype, sink_layer):
+    """Prefill each row's context, then its question as a second chunk at positions
+    ``context_len + j``: the policy compresses the context before it sees the question (one
+    compressed context serving later questions) -> (logits after the question ``[B, V]``,
+    caches). KVSink's outlier scores (``with_sink_scores``) come from the context chunk."""
+    caches = _fresh_caches(model, context_BT.shape[0], surplus_B, policy, cache_dtype)
+    _, caches = model.prefill(context_BT, prompt_positions(context_len_B, context_BT.shape[1]),
+                              caches, with_sink_scores(model, context_BT, policy, sink_layer))
+    q_pos = prompt_positions(question_len_B, question_BQ.shape[1])
+    q_pos = jnp.where(q_pos >= 0, q_pos + context_len_B[:, None], -1)
+    logits, caches = model.prefill(question_BQ, q_pos, caches, policy)
+    return _last_logits(logits, question_len_B), caches
 
 
 def _sample_loop(model, last_BV, caches, lengths_B, rng_bits, policy, sampling):
@@ -141,11 +167,24 @@ def generate(graphdef, params, tokens_BT, lengths_B, rng_bits, surplus_B, *, pol
     """Prefill right-padded prompts ``tokens [B, T]`` of ``lengths [B]``, then sample
     ``[B, sampling.max_new_tokens]`` int32 tokens (``eos_id`` after a row's end).
     ``rng_bits``: ``jax.random.key_data`` of the sampling key; ``surplus [B]`` or None: see
-    ``_prompt_logits``."""
+    ``_fresh_caches``."""
     model = nnx.merge(graphdef, params)
     last, caches = _prompt_logits(model, tokens_BT, lengths_B, surplus_B, policy, cache_dtype,
                                   sink_layer)
     return _sample_loop(model, last, caches, lengths_B, rng_bits, policy, sampling)
+
+
+def generate_split(graphdef, params, context_BT, context_len_B, question_BQ, question_len_B,
+                   rng_bits, surplus_B, *, policy, sampling, cache_dtype, sink_layer):
+    """``generate`` of prompts given as a context ``[B, T]`` of ``context_len [B]`` tokens and a
+    question ``[B, Q]`` of ``question_len [B]``, prefilled as two chunks
+    (``_split_prompt_logits``) -> ``[B, sampling.max_new_tokens]`` int32."""
+    model = nnx.merge(graphdef, params)
+    last, caches = _split_prompt_logits(model, context_BT, context_len_B, question_BQ,
+                                        question_len_B, surplus_B, policy, cache_dtype,
+                                        sink_layer)
+    return _sample_loop(model, last, caches, context_len_B + question_len_B, rng_bits, policy,
+                        sampling)
 
 
 def generate_scored(graphdef, params, tokens_BT, lengths_B, rng_bits, surplus_B, forced_BD, *,

@@ -15,6 +15,11 @@ windows included, ``lcache.cache.registry``); ``dense`` and the full-cache quant
 a probe prefill of the cell's first ``probe_rows`` prompts (the reference allocates per prompt;
 one allocation per cell keeps the batch on one program).
 
+``question_after_compression``: every prompt is prefilled as two chunks, its context and then
+its question (``TaskExample.question_at``), so a policy compresses the context without knowing
+the question — the setting of a cache reused for several questions (KVzip), where query-aware
+selection (SnapKV) has no question to vote with and query-agnostic scores should win.
+
 Head-wise specs that read the model's head scores (``duo``, ``headkv``, ``razor``: their
 registry entries need ``head_scores``) get them from ``head_scores``, a mapping from the
 policy's registry name to ``[L, Hkv]`` scores (``load_head_scores`` reads the gate files of
@@ -38,6 +43,7 @@ from absl import logging
 
 from lcache.cache import ScoredPolicy, cache_bytes, duo, registry
 from lcache.data import ruler
+from lcache.eval.batching import split_questions
 from lcache.eval.engine import Engine
 from lcache.eval.progress import Progress
 from lcache.sampling import Sampling
@@ -124,12 +130,14 @@ def check_cells(cells: Sequence[Cell], cfg, max_new: int,
 
 
 def cell_policy(engine: Engine, cell: Cell, prompts: Sequence[np.ndarray], max_new: int,
-                probe_rows: int, head_scores: Mapping[str, np.ndarray] | None = None):
-    """The policy of ``cell`` (DynamicKV probes the first ``probe_rows`` prompts; head-wise
-    specs read their ``head_scores``)."""
+                probe_rows: int, head_scores: Mapping[str, np.ndarray] | None = None,
+                question_at: Sequence[int] | None = None):
+    """The policy of ``cell`` (DynamicKV probes the first ``probe_rows`` prompts, split at
+    ``question_at`` if given; head-wise specs read their ``head_scores``)."""
     def probe(policy):
+        cut = None if question_at is None else list(question_at[:probe_rows])
         return engine.prefill(list(prompts[:probe_rows]), policy, pad_to=cell.context,
-                              batch=min(probe_rows, len(prompts)))
+                              batch=min(probe_rows, len(prompts)), question_at=cut)
 
     return registry.build(cell.spec, cell.budget, prompt_len=cell.context,
                           num_layers=engine.cfg.num_layers, max_new=max_new,
@@ -172,14 +180,18 @@ def _needs_probe(spec: str) -> bool:
 def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells: Sequence[Cell],
               *, batch: int, threads: int = 8, probe_rows: int = 32,
               head_scores: Mapping[str, np.ndarray] | None = None,
+              question_after_compression: bool = False,
               on_cell: Callable[[Cell, list[dict]], None] | None = None,
               progress: Progress | None = None) -> list[dict]:
     """Every cell over the ``examples`` of its context -> result rows (see module docstring).
 
     ``batch`` rows per micro-batch; ``threads`` concurrent compilations; ``head_scores``:
-    ``{policy name: [L, Hkv]}`` for the head-wise specs (module docstring); ``on_cell`` is called
-    with each finished cell's rows (partial CSVs); ``progress`` (default: a bar of its own over
-    the cells) steps once per cell."""
+    ``{policy name: [L, Hkv]}`` for the head-wise specs (module docstring);
+    ``question_after_compression``: each prompt's context is prefilled, and compressed, before
+    its question arrives as a second chunk (one compressed context serving later questions:
+    query-aware selection no longer sees the question); ``on_cell`` is called with each
+    finished cell's rows (partial CSVs); ``progress`` (default: a bar of its own over the
+    cells) steps once per cell."""
     max_new = max(ruler.MAX_NEW_TOKENS[e.task] for e in examples)
     check_cells(cells, engine.cfg, max_new, head_scores)
     by_context: dict[int, list] = {}
@@ -192,24 +204,28 @@ def run_suite(engine: Engine, tok, examples: Sequence[ruler.TaskExample], cells:
     rows, progress = [], progress or Progress(len(cells), "cells")
     for context in dict.fromkeys(c.context for c in cells):  # compile, then run, per context
         group = [c for c in cells if c.context == context]
+        exs = by_context[context]
+        prompts = [e.prompt_ids for e in exs]
+        question_at = [e.question_at for e in exs] if question_after_compression else None
+        question_to = (0 if question_at is None else
+                       split_questions(prompts, question_at)[1].shape[1])  # padded question
         own = {c: cell_policy(engine, c, [], max_new, probe_rows, head_scores) for c in group
                if not _needs_probe(c.spec)}
         shared = share_budgets(own)
         programs = {(shared.get(c, p), c in shared): None for c, p in own.items()}
         jobs = [j for p, rows_budgets in programs for j in engine.generate_jobs(
-            p, sampling, pad_to=context, batch=batch, row_budgets=rows_budgets)]
+            p, sampling, pad_to=context, batch=batch, row_budgets=rows_budgets,
+            question_to=question_to)]
         start = time.perf_counter()
         engine.precompile(jobs, threads)
         logging.info("context %d: %d programs precompiled in %.1f s (%d threads)", context,
                      len(jobs), time.perf_counter() - start, threads)
-        exs = by_context[context]
-        prompts = [e.prompt_ids for e in exs]
         for cell in group:
             policy = own.get(cell) or cell_policy(engine, cell, prompts, max_new, probe_rows,
-                                                  head_scores)
+                                                  head_scores, question_at)
             budgets = [cell.budget] * len(prompts) if cell in shared else None
             outs = engine.generate(prompts, shared.get(cell, policy), sampling, pad_to=context,
-                                   batch=batch, budgets=budgets)
+                                   batch=batch, budgets=budgets, question_at=question_at)
             ok = np.array([ruler.score(e, tok.decode(o.tolist()))
                            for e, o in zip(exs, outs, strict=True)])
             cell_rows = summarize(cell, exs, ok, policy_bytes(policy, engine.cfg))

@@ -133,3 +133,12 @@ def test_answer_kind_tells_distractors_from_misses():
     assert ruler.answer_kind(ex, "\n" + ex.expected[0]) == "other"  # only the first line counts
     multi = ruler.make_example("multiquery", TOK, HAYSTACK, 1024, 0.5, np.random.default_rng(5))
     assert multi.distractors == ()
+
+
+@pytest.mark.parametrize("task", ruler.TASKS)
+def test_question_len_marks_the_question(task):
+    """The prompt ends with a newline and the question; everything before is context."""
+    ex = ruler.make_example(task, TOK, HAYSTACK, 1024, 0.3, np.random.default_rng(2))
+    question = TOK.decode(ex.prompt_ids[ex.question_at:])
+    assert question.startswith("\n") and question.rstrip().endswith(("is", "are:", "is:"))
+    assert "\n" not in question[1:] and 0 < ex.question_at < ex.prompt_ids.size

@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from configs.ruler import get_config
 from experiments import ruler
 
@@ -33,3 +35,17 @@ def test_resume_runs_only_missing_cells(tmp_path):
     assert sorted(map(key, again)) == sorted(map(key, first))
     assert {r["policy"]: r["accuracy"] for r in again} == {r["policy"]: r["accuracy"]
                                                           for r in first}
+
+
+def test_questions_after_compression_smoke(tmp_path, capsys):
+    c = get_config("smoke,split=true")
+    assert c.question_after_compression
+    assert not get_config("reuse,split=no").question_after_compression
+    rows = ruler.run(c, str(tmp_path))
+    assert {r["task"] for r in rows} == {"passkey", "multikey"}
+    assert "questions after compression" in capsys.readouterr().out
+
+
+def test_bad_split_value():
+    with pytest.raises(ValueError, match="split='maybe' is not a bool"):
+        get_config("reuse,split=maybe")
