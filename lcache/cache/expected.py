@@ -9,7 +9,10 @@ and covariance ``S`` per query head; RoPE averaged over the next ``n_future`` po
     s_j = softmax_j( k_j . mu' / sqrt(d) + k_j^T S' k_j / (2 d) )      (keys after the sinks)
     s_j = (mean over the query group of s_j + epsilon) * ||v_j||
 
-and the sinks score ``max + 1``. Query-agnostic: no question is needed, so one compressed
+and the sinks score ``max + 1``. ``kernel > 1`` pools the scores along positions (SnapKV's
+1-D pooling, 'max' or 'avg'; not in kvpress): with byte tokens a needle spans many entries, and
+unpooled top-k keeps scattered bytes of it (measured: passkeys cut to their first digits).
+Query-agnostic: no question is needed, so one compressed
 cache serves several questions. ``alpha=1`` keeps each head's own top ``budget`` (the press
 alone); ``alpha=0.2`` is kvpress's leaderboard ``AdaKVPress(ExpectedAttentionPress)``.
 
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 from lcache.cache import validate as v
 from lcache.cache.adakv import AdaKV, protect, ring_arg
 from lcache.cache.registry import Arg, register
+from lcache.cache.voting import POOLINGS, pool_by_position
 from pallas_kernels.decode.reference import HIGHEST, rope_rotate
 
 
@@ -40,9 +44,12 @@ class ExpectedScores:
     covariance: bool = True
     vnorm: bool = True
     rope_theta: float = 10000.0
+    kernel: int = 1
+    pooling: str = "max"
 
     def __post_init__(self):
-        v.check_fields(self, n_future=v.integer(1), sinks=v.integer(0))
+        v.check_fields(self, n_future=v.integer(1), sinks=v.integer(0), kernel=v.integer(1),
+                       pooling=v.one_of(POOLINGS))
         if self.epsilon < 0 or self.rope_theta <= 0:
             raise ValueError(f"ExpectedScores: epsilon >= 0 and rope_theta > 0, got {self!r}")
 
@@ -93,6 +100,11 @@ class ExpectedScores:
         if self.vnorm:
             score = (score + self.epsilon) * jnp.linalg.norm(values_BHTD.astype(jnp.float32),
                                                              axis=-1)
+        if self.kernel > 1:
+            pos_bht = jnp.broadcast_to(pos_BT[:, None], (b, h, t))
+            score = pool_by_position(score[:, :, None], pos_bht,
+                                     jnp.broadcast_to(scored, (b, h, t)), self.kernel,
+                                     self.pooling)[:, :, 0]
         return protect(score, jnp.broadcast_to(scored, (b, h, t)),
                        jnp.broadcast_to((pos_BT >= 0)[:, None], (b, h, t)))
 
@@ -114,11 +126,15 @@ register("expected_attention", ExpectedAttention,
                    sinks=Arg(4, "first tokens always kept", low=0),
                    epsilon=Arg(0.0, "added to the scores before the value norm", low=0.0),
                    alpha=Arg(1.0, "safeguard (1: per-head top-k)", low=0.0, high=1.0),
+                   kernel=Arg(1, "pooling of the scores along positions (1: none, kvpress)",
+                              low=1),
+                   pool=Arg("max", "pooling of the scores", choices=POOLINGS),
                    decode=ring_arg()),
-         make=lambda budget, ctx, n_future, sinks, epsilon, alpha, decode: ExpectedAttention(
-             budget, ExpectedScores(n_future, sinks, epsilon), alpha, decode),
+         make=lambda budget, ctx, n_future, sinks, epsilon, alpha, kernel, pool, decode:
+         ExpectedAttention(budget, ExpectedScores(n_future, sinks, epsilon, kernel=kernel,
+                                                  pooling=pool), alpha, decode),
          args_of=lambda p: dict(n_future=p.scorer.n_future, sinks=p.scorer.sinks,
-                                epsilon=p.scorer.epsilon, alpha=p.alpha,
-                                decode=p.decode_capacity),
+                                epsilon=p.scorer.epsilon, alpha=p.alpha, kernel=p.scorer.kernel,
+                                pool=p.scorer.pooling, decode=p.decode_capacity),
          least=lambda sinks, **_: (max(sinks, 1), f"{sinks} sinks"),
          compresses=True)

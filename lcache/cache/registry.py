@@ -52,7 +52,8 @@ Registered policies (``table()``; arguments with their defaults, then the budget
               decode=max_new, r_max=10.0)
         per-layer snapkv budgets (mean = budget) from DynamicKV's global top votes of a probe
         prefill that keeps everything
-    expected_attention(n_future=512, sinks=4, epsilon=0.0, alpha=1.0, decode=max_new)
+    expected_attention(n_future=512, sinks=4, epsilon=0.0, alpha=1.0, kernel=1, pool=max [avg|max],
+                       decode=max_new)
         H * budget prompt tokens per layer by expected attention from the prompt's query statistics
         (the sinks first), each head its top budget (alpha=1) or one top-k across the heads with an
         alpha * budget safeguard (AdaKV); plus decode ring slots per head

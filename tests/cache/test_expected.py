@@ -28,8 +28,19 @@ def rope(x, pos):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
-def oracle_scores(q_pre_HqTD, k_HTD, v_HTD, n_future, sinks, epsilon):
-    """kvpress ExpectedAttentionPress.score on one row, float64 -> ``[H, T]``."""
+def pool(s_HN, kernel, pooling):
+    """``torch.nn.functional.{max,avg}_pool1d`` (stride 1, padding ``kernel // 2``, padding
+    counted in the average) along the last axis, float64."""
+    r = kernel // 2
+    fill = -np.inf if pooling == "max" else 0.0
+    x = np.pad(s_HN, ((0, 0), (r, r)), constant_values=fill)
+    win = np.stack([x[:, i: i + s_HN.shape[1]] for i in range(kernel)])
+    return win.max(0) if pooling == "max" else win.sum(0) / kernel
+
+
+def oracle_scores(q_pre_HqTD, k_HTD, v_HTD, n_future, sinks, epsilon, kernel=1, pooling="max"):
+    """kvpress ExpectedAttentionPress.score on one row, float64 -> ``[H, T]`` (then pooled
+    along positions when ``kernel > 1``: our extension)."""
     n = q_pre_HqTD.shape[1]
     q = q_pre_HqTD[:, sinks:]
     mu = q.mean(1)
@@ -49,6 +60,7 @@ def oracle_scores(q_pre_HqTD, k_HTD, v_HTD, n_future, sinks, epsilon):
     s = np.exp(s - s.max(-1, keepdims=True))
     s = (s / s.sum(-1, keepdims=True)).reshape(H, G, -1).mean(1)
     s = (s + epsilon) * np.linalg.norm(v_HTD[:, sinks:], axis=-1)
+    s = pool(s, kernel, pooling) if kernel > 1 else s
     return np.concatenate([np.full((H, sinks), s.max() + 1), s], axis=1)
 
 
@@ -92,13 +104,16 @@ def _kept(policy, q_pre, k, v, n=T):
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**16), budget=st.integers(4, 12), sinks=st.integers(0, 3),
        alpha=st.sampled_from([1.0, 0.2]), epsilon=st.sampled_from([0.0, 0.01]),
-       n_future=st.sampled_from([1, 64, 512]))
-def test_kept_match_kvpress_formula(seed, budget, sinks, alpha, epsilon, n_future):
+       n_future=st.sampled_from([1, 64, 512]),
+       pooled=st.sampled_from([(1, "max"), (3, "max"), (5, "avg")]))
+def test_kept_match_kvpress_formula(seed, budget, sinks, alpha, epsilon, n_future, pooled):
     q_pre, k, v = _case(seed)
-    policy = ExpectedAttention(budget, ExpectedScores(n_future, sinks, epsilon), alpha, 2)
+    kernel, pooling = pooled
+    policy = ExpectedAttention(budget, ExpectedScores(n_future, sinks, epsilon, kernel=kernel,
+                                                      pooling=pooling), alpha, 2)
     got = _kept(policy, q_pre, k, v)
     for b in range(B):
-        scores = oracle_scores(q_pre[b], k[b], v[b], n_future, sinks, epsilon)
+        scores = oracle_scores(q_pre[b], k[b], v[b], n_future, sinks, epsilon, kernel, pooling)
         want = oracle_kept(scores, budget, alpha)
         assert want is None or got[b] == want
 
@@ -114,6 +129,11 @@ def test_spec_and_bad_arguments():
     p = registry.build("expected_attention(sinks=2,alpha=0.2)", 8, prompt_len=32, max_new=4)
     assert p == ExpectedAttention(8, ExpectedScores(sinks=2), 0.2, 4)
     assert registry.spec(p) == "expected_attention(sinks=2,alpha=0.2,decode=4)"
+    pooled = registry.build("expected_attention(kernel=29)", 64, prompt_len=128, max_new=4)
+    assert pooled.scorer.kernel == 29 and registry.spec(pooled).startswith(
+        "expected_attention(kernel=29")
+    with pytest.raises(ValueError, match="pool"):
+        registry.build("expected_attention(pool=mean)", 8, prompt_len=32, max_new=4)
     with pytest.raises(ValueError, match="budget=2 must be >= the 4 tokens"):
         ExpectedAttention(2, decode_capacity=1)
     with pytest.raises(ValueError, match="epsilon >= 0"):
