@@ -16,8 +16,8 @@ every task x contexts 1024/2048 x 5 depths x 12 trials, 312 prompts = 3 batches 
 cell: accuracy vs the bytes each head keeps; one H100, about 5 minutes, most of it compiling
 the 34 programs), reuse (questions after compression: the context is prefilled and
 compressed before its question arrives, as when one compressed context serves several
-questions; query-aware SnapKV/AdaKV against query-agnostic ExpectedAttention and the uniform
-baselines at 20% of 1024 bytes, passkey and multi-key, 5 depths x 8 trials; CPU, ~10 minutes on
+questions; query-aware SnapKV/AdaKV against query-agnostic ExpectedAttention (as published and
+with its scores pooled over the translated kernel of 29 bytes) and the uniform baselines at 20% of 1024 bytes, passkey and multi-key, 5 depths x 8 trials; CPU, ~10 minutes on
 2 cores). Args after the variant: model=<name under models/ or a checkpoint dir>,
 trials=<per cell>, split=<bool: questions after compression; the CSV does not record it, so
 give each setting its own workdir>.
@@ -70,7 +70,8 @@ VARIANTS = {
                   trials=8, tasks=("passkey", "multikey"), batch=40, threads=2,
                   question_after_compression=True,
                   policies=("dense", f"snapkv({SNAP},pool=max)", f"adakv({SNAP},pool=max)",
-                            "expected_attention", "streaming_llm(sinks=4)", "h2o(recent=0.5)")),
+                            "expected_attention", "expected_attention(kernel=29)",
+                            "streaming_llm(sinks=4)", "h2o(recent=0.5)")),
 }
 SPLIT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
