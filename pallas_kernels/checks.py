@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from pallas_kernels.benchtools import fake, make_quant, nbytes
 from pallas_kernels.decode import decode_attention
 from pallas_kernels.mla_decode import mla_decode_attention
-from pallas_kernels.prefill import prefill_attention
+from pallas_kernels.prefill import observation_scores, prefill_attention, prefill_reference
 from pallas_kernels.quant_decode import quant_decode_attention
 from pallas_kernels.quant_decode.gpu import quant_decode_gpu
 
@@ -107,6 +107,13 @@ def small_cases(c) -> Iterator[Case]:
             prefill_attention, obs_window=c.prefill_window, impl="pallas",
             interpret=c.interpret), functools.partial(
             prefill_attention, obs_window=c.prefill_window, impl="xla"), args, 5e-2)
+        # the model's H2O mass: every real query of ragged rows observes (W = T, padded)
+        q, k = fake(3, (2, hq, t, d), dt), fake(4, (2, hkv, t, d), dt)
+        lse = prefill_reference(q, k, k, return_lse=True)[1]
+        idx = jnp.where(jnp.arange(t) < jnp.array([[t], [t - 7]]), jnp.arange(t), -1)
+        yield _case("prefill mass (every query)", functools.partial(
+            observation_scores, impl="pallas", interpret=c.interpret), functools.partial(
+            observation_scores, impl="xla"), (q, idx, lse, k), 5e-2)
 
 
 def large_cases(c) -> Iterator[Case]:

@@ -1,7 +1,8 @@
 """Causal GQA prefill flash attention that also emits SnapKV observation-window scores
 (without materialising ``T x T``): reference, GPU and TPU kernels."""
 
-from pallas_kernels.prefill.ops import prefill_attention
-from pallas_kernels.prefill.reference import prefill_reference
+from pallas_kernels.prefill.ops import observation_scores, prefill_attention, prefill_flash
+from pallas_kernels.prefill.reference import prefill_reference, scores_reference
 
-__all__ = ["prefill_attention", "prefill_reference"]
+__all__ = ["observation_scores", "prefill_attention", "prefill_flash", "prefill_reference",
+           "scores_reference"]

@@ -4,11 +4,14 @@
    rows start first). A program keeps its ``[block_q, D]`` queries, loops over the key blocks
    left of the diagonal without masks, then over the diagonal blocks with the causal mask
    (online softmax in base 2), and writes ``out`` and the row log-sum-exp ``lse``.
-2. Scores, grid ``(T / block_k, B, Hkv)``: a program takes one key block and the last ``w``
-   queries of each head of the kv head's group (``[w, D]`` each) with their ``lse``, and writes
-   ``sum_q exp(q.k * scale - lse_q)`` over causal pairs: ``[G, block_k]``. It re-reads K once
-   (``2 * D`` bytes per key and kv head) and does ``2 * w * D`` FLOPs per key and query head:
-   ``w / T`` of the forward pass. No ``T x T`` array exists.
+2. Scores (``observation_scores_gpu``), grid ``(T / 128, B, Hkv)``: a program takes one key
+   block and loops over the observer queries of each head of the kv head's group in blocks of
+   up to 64 rows (any observers: chunk indices ``obs_idx``, ``-1`` = none, and their ``lse``),
+   and writes ``sum_q exp(q.k * scale - lse_q)`` over pairs with ``k_idx <= obs_idx``:
+   ``[G, 128]``. It re-reads K once (``2 * D`` bytes per key and kv head) and does
+   ``2 * W * D`` FLOPs per key and query head: ``W / T`` of the forward pass for ``W``
+   observers (SnapKV's window), about the forward pass for every query (H2O's mass).
+   No ``T x T`` array exists.
 
 ``T`` not a multiple of the blocks: q/k/v are padded (a copy only in that case); padded keys
 sit right of every real query, so the causal mask already hides them.
@@ -25,10 +28,16 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import gpu_common as gc
-from pallas_kernels.prefill.reference import check_inputs, default_scale
+from pallas_kernels.prefill.reference import (
+    check_inputs,
+    check_observers,
+    default_scale,
+    last_observers,
+)
 
 NEG = -1e30
 LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
 
 
 def unsupported_reason(d, dv, block_q=None, block_k=None):
@@ -72,19 +81,26 @@ def _flash_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, bq, bk, nq, scale):
     lse_ref[...] = m + jnp.log2(den)  # base 2
 
 
-def _scores_kernel(q_ref, lse_ref, k_ref, s_ref, *, bk, t, w, scale):
+def _scores_kernel(idx_ref, q_ref, lse_ref, k_ref, s_ref, *, sk, bw, scale):
     kb = pl.program_id(0)
     g, wp, _ = q_ref.shape
     k = k_ref[...]
-    qk_scale = scale * LOG2E
-    row = lax.broadcasted_iota(jnp.int32, (wp, bk), 0)
-    k_pos = kb * bk + lax.broadcasted_iota(jnp.int32, (wp, bk), 1)
-    seen = (row < w) & (k_pos <= t - w + row)
+    k_pos = kb * sk + lax.broadcasted_iota(jnp.int32, (bw, sk), 1)
+
+    def step(j, acc):
+        rows = pl.ds(pl.multiple_of(j * bw, bw), bw)
+        seen = idx_ref[rows][:, None] >= k_pos  # idx -1 (no observer) sees nothing
+        new = []
+        for gi in range(g):
+            q = q_ref[gi, rows, :].astype(k.dtype)  # [bw, D]
+            s = lax.dot_general(q, k, gc.DOT_NT, preferred_element_type=jnp.float32) * scale
+            p = jnp.where(seen, jnp.exp(s - lse_ref[gi, rows][:, None]), 0.0)
+            new.append(acc[gi] + p.sum(axis=0))
+        return tuple(new)
+
+    acc = lax.fori_loop(0, wp // bw, step, (jnp.zeros((sk,), jnp.float32),) * g)
     for gi in range(g):
-        q = q_ref[gi].astype(k.dtype)  # [wp, D]
-        s = lax.dot_general(q, k, gc.DOT_NT, preferred_element_type=jnp.float32) * qk_scale
-        p = jnp.where(seen, jnp.exp2(s - lse_ref[gi][:, None]), 0.0)
-        s_ref[gi, :] = p.sum(axis=0)
+        s_ref[gi, :] = acc[gi]
 
 
 def _pad_t(x, t_pad):
@@ -97,15 +113,15 @@ def default_blocks(d):
     return (128, 64, 8, 3) if d <= 128 else (64, 32, 8, 2)
 
 
-def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, block_k=None,
-                          num_warps=None, num_stages=None, interpret=False):
-    """Same contract as ``prefill_reference``. Shapes: ``q [B, Hq, T, D]``,
-    ``k [B, Hkv, T, D]``, ``v [B, Hkv, T, Dv]``; returns ``out [B, Hq, T, Dv]`` and, with
-    ``obs_window > 0``, ``scores [B, Hq, T]`` f32."""
-    b, hq, hkv, t, d, dv = check_inputs(q, k, v, obs_window)
+def prefill_flash_gpu(q, k, v, *, scale=None, block_q=None, block_k=None, num_warps=None,
+                      num_stages=None, interpret=False):
+    """Same contract as ``prefill_reference(..., return_lse=True)``. Shapes:
+    ``q [B, Hq, T, D]``, ``k [B, Hkv, T, D]``, ``v [B, Hkv, T, Dv]``; returns
+    ``out [B, Hq, T, Dv]`` and ``lse [B, Hq, T]`` f32 (natural log)."""
+    b, hq, hkv, t, d, dv = check_inputs(q, k, v)
     reason = unsupported_reason(d, dv, block_q, block_k)
     if reason:
-        raise ValueError(f"prefill_attention_gpu: {reason}")
+        raise ValueError(f"prefill_flash_gpu: {reason}")
     g = hq // hkv
     scale = default_scale(scale, d)
     dbq, dbk, dwarps, dstages = default_blocks(d)
@@ -113,10 +129,9 @@ def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, bl
     bk = min(block_k or dbk, bq)
     t_pad = gc.cdiv(t, bq) * bq
     nq = t_pad // bq
-    params = lambda w, s: gc.compiler_params(w, s, interpret)  # noqa: E731
     qp, kp, vp = _pad_t(q, t_pad), _pad_t(k, t_pad), _pad_t(v, t_pad)
-    gc.check_offsets("prefill_attention_gpu", q=qp, k=kp, v=vp)
-    out, lse = pl.pallas_call(
+    gc.check_offsets("prefill_flash_gpu", q=qp, k=kp, v=vp)
+    out, lse2 = pl.pallas_call(
         functools.partial(_flash_kernel, bq=bq, bk=bk, nq=nq, scale=scale),
         grid=(nq, b, hq),
         in_specs=[pl.BlockSpec((None, None, bq, d), lambda i, bb, h: (bb, h, nq - 1 - i, 0)),
@@ -126,26 +141,63 @@ def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, bl
                    pl.BlockSpec((None, None, bq), lambda i, bb, h: (bb, h, nq - 1 - i))],
         out_shape=[jax.ShapeDtypeStruct((b, hq, t_pad, dv), q.dtype),
                    jax.ShapeDtypeStruct((b, hq, t_pad), jnp.float32)],
-        compiler_params=params(num_warps or dwarps, num_stages or dstages),
+        compiler_params=gc.compiler_params(num_warps or dwarps, num_stages or dstages,
+                                           interpret),
         interpret=interpret, name="lcache_prefill_flash",
     )(qp, kp, vp)
-    out = out[:, :, :t] if t_pad != t else out
-    if not obs_window:
-        return out
-    w = min(obs_window, t)
-    wp = max(16, gc.next_pow2(w))
-    q_obs = jnp.pad(q[:, :, t - w:], ((0, 0), (0, 0), (0, wp - w), (0, 0)))
-    q_obs = q_obs.reshape(b, hkv, g, wp, d)
-    lse_obs = jnp.pad(lse[:, :, t - w:t], ((0, 0), (0, 0), (0, wp - w))).reshape(b, hkv, g, wp)
-    sk = min(128, bq)
+    return out[:, :, :t], lse2[:, :, :t] * LN2
+
+
+def _observer_block(w):
+    """Observer rows per step of the scores kernel: a power of 2 in ``[16, 64]``."""
+    return min(64, max(16, gc.next_pow2(w)))
+
+
+def observation_scores_gpu(q_obs, obs_idx, lse_obs, k, *, scale=None, interpret=False):
+    """Same contract as ``scores_reference``: ``q_obs [B, Hq, W, D]``, ``obs_idx [B, W]``,
+    ``lse_obs [B, Hq, W]``, ``k [B, Hkv, T, D]`` -> ``[B, Hq, T]`` f32. Grid
+    ``(T / 128, B, Hkv)``; each program loops over the observers in blocks of up to 64."""
+    b, hq, hkv, w, t, d = check_observers(q_obs, obs_idx, lse_obs, k)
+    reason = unsupported_reason(d, d)
+    if reason:
+        raise ValueError(f"observation_scores_gpu: {reason}")
+    g = hq // hkv
+    bw = _observer_block(w)
+    wp = gc.cdiv(w, bw) * bw
+    sk = min(128, max(16, gc.next_pow2(t)))
+    t_pad = gc.cdiv(t, sk) * sk
+    pad_w = lambda x, fill=0: jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, wp - w),),  # noqa: E731
+                                      constant_values=fill)
+    idx = pad_w(obs_idx.astype(jnp.int32), -1)
+    q_obs = jnp.pad(q_obs, ((0, 0), (0, 0), (0, wp - w), (0, 0))).reshape(b, hkv, g, wp, d)
+    lse = pad_w(lse_obs.astype(jnp.float32)).reshape(b, hkv, g, wp)
+    kp = _pad_t(k, t_pad)
+    gc.check_offsets("observation_scores_gpu", q_obs=q_obs, k=kp)
     scores = pl.pallas_call(
-        functools.partial(_scores_kernel, bk=sk, t=t, w=w, scale=scale),
+        functools.partial(_scores_kernel, sk=sk, bw=bw, scale=default_scale(scale, d)),
         grid=(t_pad // sk, b, hkv),
-        in_specs=[pl.BlockSpec((None, None, g, wp, d), lambda i, bb, h: (bb, h, 0, 0, 0)),
+        in_specs=[pl.BlockSpec((None, wp), lambda i, bb, h: (bb, 0)),
+                  pl.BlockSpec((None, None, g, wp, d), lambda i, bb, h: (bb, h, 0, 0, 0)),
                   pl.BlockSpec((None, None, g, wp), lambda i, bb, h: (bb, h, 0, 0)),
                   pl.BlockSpec((None, None, sk, d), lambda i, bb, h: (bb, h, i, 0))],
         out_specs=pl.BlockSpec((None, None, g, sk), lambda i, bb, h: (bb, h, 0, i)),
         out_shape=jax.ShapeDtypeStruct((b, hkv, g, t_pad), jnp.float32),
-        compiler_params=params(4, 2), interpret=interpret, name="lcache_prefill_obs_scores",
-    )(q_obs, lse_obs, kp)
-    return out, scores.reshape(b, hq, t_pad)[:, :, :t]
+        compiler_params=gc.compiler_params(4, 2, interpret), interpret=interpret,
+        name="lcache_prefill_obs_scores",
+    )(idx, q_obs, lse, kp)
+    return scores.reshape(b, hq, t_pad)[:, :, :t]
+
+
+def prefill_attention_gpu(q, k, v, *, scale=None, obs_window=0, block_q=None, block_k=None,
+                          num_warps=None, num_stages=None, interpret=False):
+    """Same contract as ``prefill_reference``: ``prefill_flash_gpu``, then (``obs_window > 0``)
+    ``observation_scores_gpu`` of the last ``min(obs_window, T)`` queries."""
+    check_inputs(q, k, v, obs_window)
+    out, lse = prefill_flash_gpu(q, k, v, scale=scale, block_q=block_q, block_k=block_k,
+                                 num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+    if not obs_window:
+        return out
+    t = q.shape[2]
+    w = min(obs_window, t)
+    return out, observation_scores_gpu(q[:, :, t - w:], last_observers(q.shape[0], t, w),
+                                       lse[:, :, t - w:], k, scale=scale, interpret=interpret)
