@@ -12,6 +12,8 @@ Variants:
            (CPU, under a minute: each policy compiles a prefill, a decode and an update scan);
   default  a 4-layer, 1024-wide bf16 model (16 query / 8 KV heads of 64), 4096-token prompt,
            batch 8, budget 1024 (an accelerator).
+Both attend with ``attention_impl='auto'`` (``--config.model.attention_impl=xla`` for the jnp
+path on an accelerator).
 Args after the variant: budget=<tokens kept per layer and head>, steps=<timed decode steps>,
 prompt=<prompt tokens>, batch=<rows>. ``policies`` is a tuple of policy specs
 (``lcache.cache.registry``); the SnapKV family runs as KVCache-Factory does (window 8, kernel 7,
@@ -49,8 +51,10 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown bench_policies variant {v!r}; expected one of {sorted(MODELS)}")
     run = {k: a.get(k) or default for k, default in RUN[v].items()}
     c = ml_collections.ConfigDict()
+    # 'auto': the Pallas kernels on GPU/TPU (the decode kernel's slot probabilities feed the
+    # policies), the jnp path on CPU
     c.model = ml_collections.ConfigDict(dict(vocab_size=256, max_seq_len=run["prompt"],
-                                             **MODELS[v]))
+                                             attention_impl="auto", **MODELS[v]))
     c.policies = POLICIES[v]
     c.budget = run["budget"]  # tokens per layer and head (window / sinks included)
     c.prompt_len = run["prompt"]

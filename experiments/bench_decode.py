@@ -1,11 +1,13 @@
-"""Decode tokens/s and cache memory vs context length per policy, on a (data, model) mesh, and
-StreamingLLM's speed-up over a sliding window with recomputation.
+"""End-to-end decode tokens/s and cache memory vs context length per attention impl and policy,
+on a (data, model) mesh, and StreamingLLM's speed-up over a sliding window with recomputation.
 
     python -m experiments.bench_decode --config=configs/bench_decode.py:smoke --workdir=runs/bd
 
-For each policy spec (``lcache.cache.registry``, e.g. dense, streaming_llm, window: policies that
-need no attention feedback to fill) at cache ``budget`` and each context ``L`` the caches are
-filled as if ``L`` tokens had been read (random
+For each attention impl (``ModelConfig.attention_impl``: 'xla' the ``jnp`` path, 'cudnn' cuDNN's
+fused attention, 'pallas' the Pallas decode kernel; 'cudnn' needs a GPU and is skipped, logged,
+elsewhere), each policy spec (``lcache.cache.registry``, e.g. dense, streaming_llm, window:
+policies that need no attention feedback to fill) at cache ``budget`` and each context ``L`` the
+caches are filled as if ``L`` tokens had been read (random
 keys and values written through the policy's own ``prefill``: a dense 32K prefill would need the
 whole attention matrix), then ``steps`` greedy decode steps run as one compiled call (a
 ``lax.scan``, as in generation). After ``warmup`` calls, the median of ``iters`` calls gives the
@@ -41,13 +43,15 @@ from lcache.sharding import MeshLayout, initialize_distributed, make_mesh
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_decode.py:smoke")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
 
-COLUMNS = ("date", "device", "jax", "policy", "context", "batch", "data", "model", "ms_per_step",
-           "tokens_per_s", "cache_mb", "cache_mb_per_device", "speedup_vs_recompute")
+COLUMNS = ("date", "device", "jax", "impl", "policy", "context", "batch", "data", "model",
+           "ms_per_step", "tokens_per_s", "cache_mb", "cache_mb_per_device",
+           "speedup_vs_recompute")
 
 
-def random_model(c) -> Transformer:
-    """A random-init model with params in the compute dtype (timing only)."""
-    model = Transformer(ModelConfig(**c.model.to_dict()), nnx.Rngs(c.seed))
+def random_model(c, impl: str = "xla") -> Transformer:
+    """A random-init model attending through ``impl``, params in the compute dtype (timing
+    only; the same weights for every impl)."""
+    model = Transformer(ModelConfig(**c.model.to_dict(), attention_impl=impl), nnx.Rngs(c.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     dtype = jnp.dtype(model.cfg.compute_dtype)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), params), rest)
@@ -93,10 +97,10 @@ def median_seconds(run, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def _row(c, policy: str, context: int, seconds_per_step: float, caches=None) -> dict:
+def _row(c, impl: str, policy: str, context: int, seconds_per_step: float, caches=None) -> dict:
     leaves = jax.tree.leaves(caches)
     mb = lambda n: round(n / 2**20, 3) if leaves else ""
-    return dict(policy=policy, context=context, batch=c.batch, data=c.mesh.data,
+    return dict(impl=impl, policy=policy, context=context, batch=c.batch, data=c.mesh.data,
                 model=c.mesh.model, ms_per_step=round(seconds_per_step * 1e3, 3),
                 tokens_per_s=round(c.batch / seconds_per_step, 1),
                 cache_mb=mb(sum(x.nbytes for x in leaves)),
@@ -104,7 +108,8 @@ def _row(c, policy: str, context: int, seconds_per_step: float, caches=None) -> 
 
 
 def bench_policy(c, gen: Generator, name: str, context: int) -> dict:
-    """Decode timing and cache bytes of ``gen`` (a Generator on a mesh) at ``context``."""
+    """Decode timing and cache bytes of ``gen`` (a Generator on a mesh) at ``context``; the impl
+    is its model's."""
     layout, policy = gen.layout, gen.policy
     fill = jax.jit(lambda: layout.constrain(filled_caches(gen.model, policy, c.batch, context,
                                                           c.seed)))
@@ -116,7 +121,7 @@ def bench_policy(c, gen: Generator, name: str, context: int) -> dict:
         return toks
 
     seconds = median_seconds(run, c.warmup, c.iters) / c.steps
-    return _row(c, name, context, seconds, stream.caches)
+    return _row(c, gen.model.cfg.attention_impl, name, context, seconds, stream.caches)
 
 
 def bench_recompute(c, model, layout) -> dict:
@@ -128,7 +133,7 @@ def bench_recompute(c, model, layout) -> dict:
     window = layout.put(rng.integers(0, model.cfg.vocab_size, (c.batch, width), np.int32))
     seconds = median_seconds(functools.partial(run_fn, layout.put_params(params), window),
                              c.warmup, c.iters)
-    return _row(c, "recompute", width, seconds / c.steps)
+    return _row(c, model.cfg.attention_impl, "recompute", width, seconds / c.steps)
 
 
 def append_rows(path: str, rows: list[dict]) -> None:
@@ -148,6 +153,15 @@ def print_table(path: str) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
 
 
+def runnable_impls(impls) -> tuple[str, ...]:
+    """``impls`` without 'cudnn' off a GPU (logged)."""
+    if "cudnn" in impls and jax.default_backend() != "gpu":
+        logging.warning("attention_impl='cudnn' needs a GPU (backend %s): skipped",
+                        jax.default_backend())
+        return tuple(i for i in impls if i != "cudnn")
+    return tuple(impls)
+
+
 def main(argv):
     del argv
     c, workdir = _CONFIG.value, _WORKDIR.value
@@ -157,18 +171,20 @@ def main(argv):
     for spec in c.policies:  # fail on a bad spec before any work
         registry.check(spec, c.budget, prompt_len=max(c.contexts))
     layout = MeshLayout(make_mesh(c.mesh.data, c.mesh.model))
-    model = random_model(c)
-    rows = [bench_recompute(c, model, layout)] if c.recompute else []
-    gens = {}  # one Generator (and compiled decode) per distinct policy
-    for name in c.policies:
-        for context in c.contexts:
-            # dense holds the context and every timed step; the budget bounds the others
-            policy = registry.build(name, c.budget, prompt_len=context,
-                                    max_new=c.steps * (c.warmup + c.iters))
-            if policy not in gens:
-                gens[policy] = Generator(model, policy, layout=layout)
-            rows.append(bench_policy(c, gens[policy], name, context))
-            logging.info("%s", rows[-1])
+    impls = runnable_impls(c.impls)
+    rows = [bench_recompute(c, random_model(c), layout)] if c.recompute else []
+    for impl in impls:
+        model = random_model(c, impl)
+        gens = {}  # one Generator (and compiled decode) per distinct policy
+        for name in c.policies:
+            for context in c.contexts:
+                # dense holds the context and every timed step; the budget bounds the others
+                policy = registry.build(name, c.budget, prompt_len=context,
+                                        max_new=c.steps * (c.warmup + c.iters))
+                if policy not in gens:
+                    gens[policy] = Generator(model, policy, layout=layout)
+                rows.append(bench_policy(c, gens[policy], name, context))
+                logging.info("%s", rows[-1])
     base = rows[0]["tokens_per_s"] if c.recompute else None
     stamp = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind,
                  jax=jax.__version__)

@@ -35,11 +35,15 @@ class PrefillMass:
     """Attention mass received during a prefill chunk, summed over queries and the query group.
 
     ``cache [B, H, C]`` for the slots that were in the cache, ``chunk [B, H, T]`` for the chunk's
-    own tokens. float32.
+    own tokens. float32. ``votes [B, Hq, C + T]`` (optional, for a policy with an
+    ``observation_window`` ``w``): the probabilities the cache slots then the chunk tokens get
+    from the chunk's ``w`` newest real queries, summed over those queries, per query head
+    (``voting.observed_sum``; the model's prefill kernel computes them on the way).
     """
 
     cache: jax.Array
     chunk: jax.Array
+    votes: jax.Array | None = None
 
 
 def _checked_prefill(fn):
@@ -152,6 +156,27 @@ class Policy:
         windowed policies also drop keys the streaming cache would no longer hold."""
         return k_pos <= q_pos
 
+    @property
+    def causal_prefill(self) -> bool:
+        """Whether ``visible`` is plain causality, so that a fresh prefill chunk may attend
+        through a causal kernel (``lcache.attention.prefill``). Wrappers forward it with
+        ``visible``."""
+        return type(self).visible is Policy.visible
+
+    @property
+    def reads_feedback(self) -> bool:
+        """Whether ``observe`` reads the decode step's ``slot_probs`` (the model asks for none,
+        and no kernel computes them, when it does not). Wrappers that forward ``observe``
+        count as readers."""
+        return type(self).observe is not Policy.observe
+
+    @property
+    def observation_window(self) -> int | None:
+        """``w`` if ``prefill`` reads the attention of the chunk's ``w`` newest queries from
+        ``PrefillMass.votes`` (the model's prefill kernel computes them on the way), None if
+        it reads no votes."""
+        return None
+
     def nbytes(self, batch: int, num_heads: int, key_dim: int, value_dim: int | None = None,
                dtype=jnp.bfloat16) -> int:
         """Bytes of one layer's state without allocating it."""
@@ -170,13 +195,12 @@ def write_slots(state: KVState, slot, keys, values, pos, score=None) -> KVState:
     ``slot [B, H, T]`` int32 target slot per token; out-of-range slots (e.g. ``capacity`` or
     ``-1``) are dropped, which is how padding and pre-evicted tokens are skipped. The caller
     guarantees that kept slots are unique within a row. ``keys [B, H, T, Dk]``,
-    ``pos [B, T]``, ``score [B, H, T]`` (default 0).
+    ``pos [B, T]``, ``score [B, H, T]`` (None: scores untouched, for policies that keep none:
+    one scatter less per step).
     """
     cap = state.capacity
     slot = jnp.where((slot >= 0) & (slot < cap), slot, cap)  # `cap` is dropped below
     pos_bht = jnp.broadcast_to(pos[:, None, :], slot.shape)
-    if score is None:
-        score = jnp.zeros(slot.shape, jnp.float32)
 
     def scatter_row(dst, idx, src):  # dst [C, ...], idx [T], src [T, ...]
         return dst.at[idx].set(src.astype(dst.dtype), mode="drop")
@@ -186,7 +210,7 @@ def write_slots(state: KVState, slot, keys, values, pos, score=None) -> KVState:
         keys=scatter(state.keys, slot, keys),
         values=scatter(state.values, slot, values),
         pos=scatter(state.pos, slot, pos_bht),
-        score=scatter(state.score, slot, score),
+        score=state.score if score is None else scatter(state.score, slot, score),
         seen=advance_seen(state.seen, pos),
     )
 

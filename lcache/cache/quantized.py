@@ -136,6 +136,10 @@ class Quantized(Policy):
     def visible(self, q_pos, k_pos):
         return self.inner.visible(q_pos, k_pos)
 
+    @property
+    def causal_prefill(self) -> bool:
+        return self.inner.causal_prefill
+
     def init(self, batch: int, num_heads: int, key_dim: int, dtype=jnp.float32,
              value_dim: int | None = None) -> QuantizedKVState:
         value_dim = value_dim or key_dim

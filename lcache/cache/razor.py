@@ -120,6 +120,10 @@ class Compensated(Policy):
     def visible(self, q_pos, k_pos):
         return self.inner.visible(q_pos, k_pos)
 
+    @property
+    def causal_prefill(self) -> bool:
+        return self.inner.causal_prefill
+
     def view(self, state) -> CacheView:
         view = self.inner.view(state.inner)
         n = jnp.maximum(state.count, 1.0)[..., None]

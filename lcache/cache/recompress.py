@@ -74,6 +74,14 @@ class Recompress(Policy):
     def visible(self, q_pos, k_pos):
         return self.base.visible(q_pos, k_pos)
 
+    @property
+    def causal_prefill(self) -> bool:
+        return self.base.causal_prefill
+
+    @property
+    def observation_window(self):
+        return self.base.observation_window
+
 
 def _recompress_args(p: Recompress) -> dict:
     base = p.base

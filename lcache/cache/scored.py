@@ -6,8 +6,8 @@ stored score is not directly the selection priority, how to rank it (``rank``). 
 rotated at their original positions (``rope_mode = 'original'``).
 
 Decode is insert-then-attend: ``append`` writes the new token (always kept) over the
-lowest-priority unprotected slot when the cache is full, then attention runs over the view and
-``observe`` feeds its probabilities back.
+lowest-priority unprotected slot when the cache is full (one pass over the slots, no sort),
+then attention runs over the view and ``observe`` feeds its probabilities back.
 
 Budget as data: ``block_slots`` marks ``BLOCKED`` slots a row may never use, so rows of one
 batch (one compiled program) keep different budgets below the capacity; a blocked slot ranks
@@ -22,7 +22,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from lcache.cache.base import Policy, write_slots
-from lcache.cache.selection import evict, keep_top, priority, select
+from lcache.cache.selection import evict, keep_top, lowest, priority, select
 from lcache.cache.state import EMPTY, KVState
 
 BLOCKED = -2  # ``pos`` of a slot a row may never use (``block_slots``)
@@ -85,27 +85,38 @@ class ScoredPolicy(Policy):
             keep = jnp.where(active, keep, state.capacity)
         newest = newest_pos(state, pos)[:, None, None]
         seen = jnp.maximum(state.seen, newest[:, 0, 0] + 1)
-        window = self.recent_protected()
         pos_bht = jnp.broadcast_to(pos[:, None, :], chunk_score.shape)
-        slot_pri = _unevictable(priority(self.rank(slot_score, state.pos, state.values, seen),
-                                         state.valid, state.pos > newest - window), state.pos)
+        slot_pri = self._slot_priority(state, slot_score, newest, seen)
         new_pri = priority(self.rank(chunk_score, pos_bht, values, seen), pos_bht >= 0,
-                           force_new | (pos_bht > newest - window))
+                           force_new | (pos_bht > newest - self.recent_protected()))
         dest, kept = select(slot_pri, new_pri, keep, state.pos, pos_bht)
         state = evict(dataclasses.replace(state, score=slot_score.astype(jnp.float32)), kept)
         return write_slots(state, dest, keys, values, pos, chunk_score.astype(jnp.float32))
 
+    def _slot_priority(self, state: KVState, score, newest_B11, seen_B):
+        """``[B, H, C]`` selection priority of the cached slots: ``rank`` of ``score``, the
+        newest ``recent_protected()`` positions ``+inf``, empty ``-inf``, blocked above all."""
+        pri = priority(self.rank(score, state.pos, state.values, seen_B), state.valid,
+                       state.pos > newest_B11 - self.recent_protected())
+        return _unevictable(pri, state.pos)
+
     def append(self, state, key, value, pos):
-        score = self.token_score(state, key, value, pos)
-        return self.insert(state, key[:, :, None], value[:, :, None], pos[:, None], state.score,
-                           score[..., None], force_new=True)
+        """A decode token, always kept: ``insert(..., force_new=True)`` for one token, in one
+        pass over the slots (``lowest``, no sort, no gather) and one scatter per array. The
+        token replaces the lowest-priority slot (an empty one first) unless every slot is
+        protected; no other slot changes (empty slots already score 0: nothing to evict)."""
+        newest = newest_pos(state, pos[:, None])[:, None, None]
+        seen = jnp.maximum(state.seen, newest[:, 0, 0] + 1)
+        victim, low = lowest(self._slot_priority(state, state.score, newest, seen), state.pos)
+        keep = (pos >= 0)[:, None, None] & (low < jnp.inf)
+        return write_slots(state, jnp.where(keep, victim, state.capacity), key[:, :, None],
+                           value[:, :, None], pos[:, None],
+                           self.token_score(state, key, value, pos)[..., None])
 
     def prune(self, state: KVState, keep: int, rows_B) -> KVState:
         """Keep the top ``keep`` slots (recent positions protected) in rows where ``rows_B``."""
-        newest = (state.seen - 1)[:, None, None]
-        pri = _unevictable(priority(self.rank(state.score, state.pos, state.values, state.seen),
-                                    state.valid, state.pos > newest - self.recent_protected()),
-                           state.pos)
+        pri = self._slot_priority(state, state.score, (state.seen - 1)[:, None, None],
+                                  state.seen)
         return evict(state, keep_top(pri, keep, state.pos) | ~rows_B[:, None, None])
 
 

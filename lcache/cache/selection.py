@@ -5,6 +5,8 @@ of the ``C + T`` candidates stay. Nothing moves: an incoming token that makes th
 over a slot that does not (an empty one first), so a decode step costs one ``argmin``-like
 ``top_k`` over ``C`` slots and one scatter, never a gather of the whole cache.
 
+(``ScoredPolicy.append`` takes that step on its own: ``lowest`` and one scatter per array.)
+
 Priorities are float32: ``+inf`` for protected candidates (sinks, recent windows), ``-inf`` for
 empty slots and padding, the policy's score otherwise. A tie between a cached slot and a new
 token keeps the cached one. Other exact ties: given the candidates' positions, the older token
@@ -35,15 +37,33 @@ def _best_first(priority_BHN, pos_BHN, k: int):
     return jnp.lexsort((pos_BHN, -priority_BHN), axis=-1)[..., :k]
 
 
+def _lower(a, b):
+    """The lower of two ``(priority, pos, index)`` candidates: lower priority, then larger
+    position, then lower index (``_worst_first``'s order)."""
+    (pa, qa, ia), (pb, qb, ib) = a, b
+    first = (pa < pb) | ((pa == pb) & ((qa > qb) | ((qa == qb) & (ia < ib))))
+    return tuple(jnp.where(first, x, y) for x, y in zip(a, b, strict=True))
+
+
+def lowest(priority_BHN, pos_BHN):
+    """``(index, value)`` ``[B, H, 1]`` of the lowest entry, ties as ``_worst_first``: one
+    variadic reduction over the entries, no sort (a decode step replaces one slot)."""
+    i32 = jnp.iinfo(jnp.int32)
+    index = jax.lax.broadcasted_iota(jnp.int32, priority_BHN.shape, priority_BHN.ndim - 1)
+    low, _, at = jax.lax.reduce(
+        (priority_BHN.astype(jnp.float32), pos_BHN.astype(jnp.int32), index),
+        (jnp.float32(jnp.inf), jnp.int32(i32.min), jnp.int32(i32.max)), _lower,
+        (priority_BHN.ndim - 1,))
+    return at[..., None], low[..., None]
+
+
 def _worst_first(priority_BHN, pos_BHN, k: int):
     """``[B, H, k]`` indices of the ``k`` lowest entries, lowest first; ties: larger position
     first (``pos`` given; the older token stays), then lower index."""
     if pos_BHN is None:
         return jax.lax.top_k(-priority_BHN, k)[1]
-    if k == 1:  # a decode step: one pass over the slots, no sort
-        low = jnp.min(priority_BHN, axis=-1, keepdims=True)
-        tied = jnp.where(priority_BHN == low, pos_BHN, jnp.iinfo(jnp.int32).min)
-        return jnp.argmax(tied, axis=-1)[..., None]
+    if k == 1:
+        return lowest(priority_BHN, pos_BHN)[0]
     return jnp.lexsort((-pos_BHN, priority_BHN), axis=-1)[..., :k]
 
 

@@ -109,6 +109,10 @@ class WithSinkScore(Policy):
     def visible(self, q_pos, k_pos):
         return self.policy.visible(q_pos, k_pos)
 
+    @property
+    def causal_prefill(self) -> bool:
+        return self.policy.causal_prefill
+
     def prefill(self, state, keys, values, pos, **kw):
         return self.policy.prefill(state, keys, values, pos, sink_score=self.sink_score, **kw)
 

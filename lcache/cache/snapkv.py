@@ -45,10 +45,9 @@ from lcache.cache.scored import ScoredPolicy, accumulate, newest_pos
 from lcache.cache.voting import (
     POOLINGS,
     candidates,
-    observer_probs,
-    observers,
+    observed_sum,
+    observer_count,
     pool_by_position,
-    window_vote,
 )
 
 GQA_MODES = ("mean", "max", "per_query_head")
@@ -103,11 +102,18 @@ class SnapKV(ScoredPolicy):
     def recent_protected(self) -> int:
         return self.window
 
-    def scores(self, state, keys, pos, queries):
-        """``[B, H, C + T]`` pooled, group-reduced vote for the cache slots then the chunk."""
-        q, q_pos = observers(queries, pos, self.window)
+    @property
+    def observation_window(self) -> int:
+        return self.window
+
+    def scores(self, state, keys, pos, queries, votes=None):
+        """``[B, H, C + T]`` pooled, group-reduced vote for the cache slots then the chunk;
+        ``votes [B, Hq, C + T]`` (``PrefillMass.votes``) if the model computed them."""
         cand_keys, cand_pos = candidates(state, keys, pos)
-        vote = window_vote(observer_probs(q, q_pos, cand_keys, cand_pos), q_pos)
+        if votes is None:
+            votes = observed_sum(queries, pos, self.window, cand_keys, cand_pos)
+        b, h, n = cand_pos.shape
+        vote = votes.reshape(b, h, -1, n) / observer_count(pos, self.window)[:, None, None, None]
         prefix = (cand_pos >= 0) & (cand_pos <= newest_pos(state, pos)[:, None, None]
                                     - self.window)
         pooled = pool_by_position(vote, cand_pos, prefix, self.kernel, self.pooling)
@@ -115,7 +121,6 @@ class SnapKV(ScoredPolicy):
         return jnp.where(prefix, reduce(pooled, axis=2), 0.0)
 
     def prefill(self, state, keys, values, pos, *, queries=None, mass=None):
-        del mass
         if queries is None:
             raise ValueError("SnapKV.prefill needs the chunk's rotated `queries`")
         if self.gqa == "per_query_head" and queries.shape[1] != keys.shape[1]:
@@ -124,7 +129,7 @@ class SnapKV(ScoredPolicy):
                 f"head per query head: got {queries.shape[1]} query heads and a cache of "
                 f"{keys.shape[1]} heads (init with num_heads=policy.cache_heads(kv_heads, "
                 "q_heads) and repeat keys/values per query head, as the model does)")
-        score = self.scores(state, keys, pos, queries)
+        score = self.scores(state, keys, pos, queries, None if mass is None else mass.votes)
         c = state.capacity
         return self.insert(state, keys, values, pos, score[..., :c], score[..., c:],
                            keep=self.budget)

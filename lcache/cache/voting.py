@@ -54,6 +54,21 @@ def observer_probs(q_BHqWD, q_pos_BW, keys_BHND, k_pos_BHN):
     return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
 
 
+def observed_sum(queries_BHqTD, pos_BT, num: int, keys_BHND, k_pos_BHN):
+    """``[B, Hq, N]`` float32: the ``observer_probs`` of the ``num`` newest queries
+    (``observers``) summed over them, per query head (``PrefillMass.votes``)."""
+    q, q_pos = observers(queries_BHqTD, pos_BT, num)
+    probs = observer_probs(q, q_pos, keys_BHND, k_pos_BHN)
+    b, h, g, _, n = probs.shape
+    return probs.sum(axis=3).reshape(b, h * g, n)
+
+
+def observer_count(pos_BT, num: int):
+    """``[B]`` float32: real observers among the ``num`` newest queries (at least 1)."""
+    q_pos = jax.lax.top_k(pos_BT, min(num, pos_BT.shape[-1]))[0]
+    return jnp.maximum((q_pos >= 0).sum(-1), 1).astype(jnp.float32)
+
+
 def window_vote(probs_BHGWN, q_pos_BW):
     """``[B, H, G, N]`` mean attention over the real observers."""
     real = (q_pos_BW >= 0).astype(jnp.float32)

@@ -8,7 +8,9 @@ from lcache.cache import validate as v
 from lcache.model.rope import ROPE_SCALINGS
 
 ATTENTION_VARIANTS = ("softmax", "off_by_one", "sink_logit", "softpick", "sigmoid", "relu")
-ATTENTION_IMPLS = ("xla", "pallas", "auto")
+# decode/prefill attention (``lcache.attention.decode``): Pallas kernels by ``pallas_kernels.
+# dispatch`` ('xla', 'pallas', 'auto'), or 'cudnn' decode (the benchmarks' baseline)
+ATTENTION_IMPLS = ("xla", "pallas", "auto", "cudnn")
 TRAIN_ATTENTION = ("xla", "cudnn", "auto")
 MLA_IMPLS = ("naive", "absorb")
 
@@ -50,7 +52,7 @@ class ModelConfig:
     gated_attention: bool = False
     num_sink_tokens: int = 0
     sliding_window: int = 0  # W > 0: a query at t sees keys in (t - W, t] only (Mistral)
-    attention_impl: str = "xla"
+    attention_impl: str = "xla"  # ATTENTION_IMPLS
     # full-sequence (training) attention: 'cudnn' = fused flash attention (softmax variant, 16-bit
     # compute, GPU), 'xla' = explicit masks (materialises T x T), 'auto' = cudnn where it applies
     train_attention: str = "auto"
@@ -107,6 +109,10 @@ class ModelConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError("compute_dtype must be float32 or bfloat16, got "
                              f"{self.compute_dtype!r}")
+        if self.attention_impl == "cudnn" and (self.compute_dtype != "bfloat16" or self.use_mla):
+            raise ValueError("attention_impl='cudnn' (cuDNN decode) needs compute_dtype="
+                             "'bfloat16' and no MLA, got compute_dtype="
+                             f"{self.compute_dtype!r}, mla_kv_lora_rank={self.mla_kv_lora_rank}")
         self._check_mla()
 
     def _check_mla(self):
@@ -121,8 +127,13 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even mla_qk_rope_dim, got {self.mla_qk_rope_dim}")
         if self.mla_impl not in MLA_IMPLS:
             raise ValueError(f"unknown mla_impl {self.mla_impl!r}; expected one of {MLA_IMPLS}")
-        if self.gated_attention or self.attention_impl == "pallas":
-            raise ValueError("MLA supports neither gated_attention nor attention_impl='pallas'")
+        if self.gated_attention:
+            raise ValueError("MLA supports no gated_attention")
+        if self.attention_impl == "pallas" and (self.attention, self.mla_impl) != ("softmax",
+                                                                                "absorb"):
+            raise ValueError("attention_impl='pallas' decodes MLA through the absorbed MLA "
+                             "kernel: it needs attention='softmax' and mla_impl='absorb', got "
+                             f"attention={self.attention!r}, mla_impl={self.mla_impl!r}")
 
     @property
     def head_size(self) -> int:

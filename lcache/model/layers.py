@@ -12,9 +12,11 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
+from lcache.attention import prefill as attn_prefill
 from lcache.attention.core import grouped_attention
-from lcache.attention.decode import decode_over_view
+from lcache.attention.decode import decode_over_view, kernel_sink
 from lcache.cache import KVState, Policy, PrefillMass
+from lcache.cache.voting import observed_sum
 from lcache.model.config import ModelConfig
 from lcache.model.rope import apply_rope, model_inv_freq
 
@@ -82,10 +84,12 @@ class Attention(nnx.Module):
         return (self._heads(self.q(x), cfg.num_heads), self._heads(self.k(x), cfg.num_kv_heads),
                 self._heads(self.v(x), cfg.num_kv_heads))
 
+    def _sink_param(self):  # [Hq] or None
+        return self.sink_logit[...] if self.cfg.attention == "sink_logit" else None
+
     def _sink_logit(self, groups):  # [Hkv, G] or None
-        if self.cfg.attention != "sink_logit":
-            return None
-        return self.sink_logit[...].reshape(-1, groups)
+        sink = self._sink_param()
+        return None if sink is None else sink.reshape(-1, groups)
 
     def _output(self, x, out_BHGTD):
         """Merge heads, apply the gate (from the layer input ``x``) and the output projection."""
@@ -161,34 +165,57 @@ class Attention(nnx.Module):
         return self._output(x, out)
 
     def prefill(self, x, pos_BT, state: KVState, policy: Policy):
-        """Attend a chunk over the cache view plus itself, then let the policy store it."""
+        """Attend a chunk over the cache view plus itself, then let the policy store it.
+
+        Under a kernel ``attention_impl`` a fresh causal chunk attends through the Pallas
+        prefill kernels, any other through the explicit masks (``lcache.attention.prefill``).
+        """
+        cfg = self.cfg
         q, k, v = self._qkv(x)
         full = policy.view(state)
         view = full.flat()  # [B, H, F, .]: every segment, in the view's flat frame
         rope_pos = (pos_BT - full.query_offset[:, None])[:, None]
         q_rot, k_rot = (apply_rope(q, rope_pos, self.inv_freq),
                         apply_rope(k, rope_pos, self.inv_freq))
-        cache_keys = view.keys if view.keys_rotated else apply_rope(
-            view.keys, view.rope_pos, self.inv_freq)
         heads, cap = view.keys.shape[1:3]
-        reps = heads // self.cfg.num_kv_heads  # per-query-head caches store repeated KV
+        reps = heads // cfg.num_kv_heads  # per-query-head caches store repeated KV
         k_rot_c, k_c, v_c = (jnp.repeat(a, reps, axis=1) for a in (k_rot, k, v))
-        keys = jnp.concatenate([cache_keys.astype(k_rot_c.dtype), k_rot_c], axis=2)
-        values = jnp.concatenate([view.values.astype(v_c.dtype), v_c], axis=2)
-        chunk_pos = jnp.broadcast_to(pos_BT[:, None], k_c.shape[:3])
-        key_pos = jnp.concatenate([view.key_pos, chunk_pos], axis=2)  # [B, H, S]
-        key_ok = jnp.concatenate([view.valid, chunk_pos >= 0], axis=2)
-        q_pos = pos_BT[:, None, None, :, None]  # [B,1,1,T,1]
-        mask = (key_ok[:, :, None, None, :] & (q_pos >= 0)
-                & policy.visible(q_pos, key_pos[:, :, None, None, :])
-                & self._in_window(q_pos, key_pos[:, :, None, None, :]))
-        bias = None if view.bias is None else jnp.concatenate(
-            [view.bias, jnp.zeros(chunk_pos.shape, jnp.float32)], axis=2)
-        out, mass = self._attend(q_rot, keys, values, mask, bias_BHS=bias)
+        kernel = attn_prefill.uses_kernel(cfg.attention_impl, cfg.attention,
+                                          cfg.sliding_window, policy)
+        window = policy.observation_window if kernel else None
+
+        def masked():
+            cache_keys = view.keys if view.keys_rotated else apply_rope(
+                view.keys, view.rope_pos, self.inv_freq)
+            keys = jnp.concatenate([cache_keys.astype(k_rot_c.dtype), k_rot_c], axis=2)
+            values = jnp.concatenate([view.values.astype(v_c.dtype), v_c], axis=2)
+            chunk_pos = jnp.broadcast_to(pos_BT[:, None], k_c.shape[:3])
+            key_pos = jnp.concatenate([view.key_pos, chunk_pos], axis=2)  # [B, H, S]
+            key_ok = jnp.concatenate([view.valid, chunk_pos >= 0], axis=2)
+            q_pos = pos_BT[:, None, None, :, None]  # [B,1,1,T,1]
+            mask = (key_ok[:, :, None, None, :] & (q_pos >= 0)
+                    & policy.visible(q_pos, key_pos[:, :, None, None, :])
+                    & self._in_window(q_pos, key_pos[:, :, None, None, :]))
+            bias = None if view.bias is None else jnp.concatenate(
+                [view.bias, jnp.zeros(chunk_pos.shape, jnp.float32)], axis=2)
+            out, mass = self._attend(q_rot, keys, values, mask, bias_BHS=bias)
+            votes = None if window is None else observed_sum(q_rot, pos_BT, window, keys,
+                                                             key_pos)
+            b, h, g, t, d = out.shape
+            return out.reshape(b, h * g, t, d), PrefillMass(mass[..., :cap], mass[..., cap:],
+                                                            votes)
+
+        def fused():
+            sink = kernel_sink(cfg.attention, self._sink_param(), cfg.num_heads)
+            return attn_prefill.kernel_chunk(q_rot, k_rot, v, pos_BT, cache_heads=heads,
+                                             capacity=cap, sink_Hq=sink, window=window,
+                                             impl=cfg.attention_impl)
+
+        out, mass = (jax.lax.cond(attn_prefill.fresh_chunk(view.valid, pos_BT), fused, masked)
+                     if kernel else masked())
         stored = k_rot_c if policy.rope_mode == "original" else k_c
-        state = policy.prefill(state, stored, v_c, pos_BT, queries=q_rot,
-                               mass=PrefillMass(cache=mass[..., :cap], chunk=mass[..., cap:]))
-        return self._output(x, out), state
+        state = policy.prefill(state, stored, v_c, pos_BT, queries=q_rot, mass=mass)
+        return self._output(x, out[:, :, None]), state
 
     def decode(self, x, pos_B, state: KVState, policy: Policy):
         """One token per row ``x [B, 1, dim]``: insert it, attend over the view, give feedback."""
@@ -204,9 +231,11 @@ class Attention(nnx.Module):
         q_rot = apply_rope(q, (pos_B - view.query_offset)[:, None, None], self.inv_freq)
         out_BHqD, slot_probs = decode_over_view(
             q_rot[:, :, 0], view, self.inv_freq, variant=self.cfg.attention,
-            sink_logit=None if self.cfg.attention != "sink_logit" else self.sink_logit[...],
-            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl)
-        state = policy.observe(state, slot_probs)
+            sink_logit=self._sink_param(),
+            sigmoid_bias=self.cfg.sigmoid_bias, impl=self.cfg.attention_impl,
+            feedback=policy.reads_feedback)
+        if policy.reads_feedback:
+            state = policy.observe(state, slot_probs)
         b, hq, d = out_BHqD.shape
         h = view.num_heads
         return self._output(x, out_BHqD.reshape(b, h, hq // h, 1, d)), state

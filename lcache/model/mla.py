@@ -19,7 +19,10 @@ Cached attention has two paths (``ModelConfig.mla_impl``), equal up to rounding:
 'naive' up-projects ``k_n`` and ``v`` for every cached token; 'absorb' folds ``W_UK`` into the
 query (``q_n W_UK -> [dc]``) and ``W_UV`` into the output, attending with the ``dc + dr`` latent
 directly (multi-query attention over the cache; per-head keys are never formed).
-Not implemented: DeepSeek's YaRN ``mscale`` and a Pallas kernel.
+Under ``attention_impl`` 'pallas' (or 'auto' on GPU/TPU) decode runs the absorbed MLA kernel
+(``pallas_kernels.mla_decode``; softmax, 'absorb' only); prefill always attends through the
+``jnp`` path (the prefill kernel takes per-head keys of a power-of-2 width, not the latent).
+Not implemented: DeepSeek's YaRN ``mscale``.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lcache.attention.core import grouped_attention
+from lcache.attention.decode import mla_decode_over_view
 from lcache.cache import Policy, PrefillMass
 from lcache.model.config import ModelConfig
 from lcache.model.layers import INIT_STD, RMSNorm, dense
 from lcache.model.rope import apply_rope, model_inv_freq
+from pallas_kernels import dispatch
 
 
 class MLAttention(nnx.Module):
@@ -75,12 +80,16 @@ class MLAttention(nnx.Module):
         w = w.reshape(cfg.mla_kv_lora_rank, cfg.num_heads, -1)
         return w[..., :cfg.mla_qk_nope_dim], w[..., cfg.mla_qk_nope_dim:]
 
+    def _scale(self):
+        """DeepSeek's logit scale ``1/sqrt(dn + dr)``."""
+        return (self.cfg.mla_qk_nope_dim + self.cfg.mla_qk_rope_dim) ** -0.5
+
     def _attend(self, q_n, q_r, k_r_B1SR, c_B1SC, mask_B11TS, impl, taps=None):
         """``out [B, H, T, dv]`` and the mass each key received, summed over heads
         ``[B, 1, S]``. ``q_r`` and ``k_r`` arrive rotated. A ``taps`` dict (naive path) receives
         ``weights [B, H, T, S]`` and the up-projected ``values [B, H, S, dv]``."""
         cfg = self.cfg
-        scale = (cfg.mla_qk_nope_dim + cfg.mla_qk_rope_dim) ** -0.5
+        scale = self._scale()
         sink = None if cfg.attention != "sink_logit" else self.sink_logit[...]
         kw = dict(variant=cfg.attention, scale=scale, sigmoid_bias=cfg.sigmoid_bias)
         w_uk, w_uv = self._up_weights()
@@ -156,19 +165,44 @@ class MLAttention(nnx.Module):
         return self._output(out), state
 
     def decode(self, x, pos_B, state, policy: Policy):
-        """One token per row ``x [B, 1, dim]``: insert its latent, attend over the view."""
+        """One token per row ``x [B, 1, dim]``: insert its latent, attend over the view.
+
+        Under a kernel ``attention_impl`` (softmax, 'absorb') the absorbed MLA kernel reads
+        the latent view (``mla_decode_over_view``); entries with a logit bias have no kernel
+        ('pallas' raises, 'auto' logs and uses the ``jnp`` path)."""
+        cfg = self.cfg
         q_n, q_r, c, k_r = self._project(x)
         if policy.rope_mode == "original":
             k_r = apply_rope(k_r, pos_B[:, None, None], self.inv_freq)
         state = policy.append(state, k_r[:, :, 0], c[:, :, 0], pos_B)
-        full = policy.view(state)
+        full = policy.view(state).restrict(
+            lambda key_pos: self._in_window(pos_B[:, None, None], key_pos))
         view = full.flat()
         q_r = apply_rope(q_r, (pos_B - full.query_offset)[:, None, None], self.inv_freq)
-        keys = view.keys if view.keys_rotated else apply_rope(view.keys, view.rope_pos,
-                                                              self.inv_freq)
-        valid = view.valid & self._in_window(pos_B[:, None, None], view.key_pos)
-        mask = valid[:, :, None, None, :]
-        out, slot_probs = self._attend(q_n, q_r, keys, view.values.astype(c.dtype), mask,
-                                       self.cfg.mla_impl)
+
+        def reference():
+            keys = view.keys if view.keys_rotated else apply_rope(view.keys, view.rope_pos,
+                                                                  self.inv_freq)
+            mask = view.valid[:, :, None, None, :]
+            return self._attend(q_n, q_r, keys, view.values.astype(c.dtype), mask,
+                                cfg.mla_impl)
+
+        def kernel(interpret):
+            del interpret  # the MLA op decides (dispatch)
+            w_uk, w_uv = self._up_weights()
+            q_lat = jnp.einsum("bhn,chn->bhc", q_n[:, :, 0], w_uk)
+            out_lat, probs = mla_decode_over_view(
+                q_lat, q_r[:, :, 0], full, self.inv_freq, scale=self._scale(),
+                impl=cfg.attention_impl)
+            return jnp.einsum("bhc,chv->bhv", out_lat, w_uv)[:, :, None], probs
+
+        if cfg.attention == "softmax" and cfg.mla_impl == "absorb":
+            reason = (None if view.bias is None else
+                      "the MLA kernel takes no entries with a logit bias (compensation tokens)")
+            found = dispatch.Kernel(reason, kernel)
+            out, slot_probs = dispatch.run("MLAttention.decode", cfg.attention_impl, reference,
+                                           gpu=found, tpu=found)
+        else:
+            out, slot_probs = reference()
         state = policy.observe(state, slot_probs)
         return self._output(out), state

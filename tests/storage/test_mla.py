@@ -105,7 +105,9 @@ def test_trains():
     (dict(mla_qk_nope_dim=0), "mla_qk_nope_dim >= 1"),
     (dict(mla_v_dim=0), "mla_v_dim >= 1"),
     (dict(mla_impl="fast"), "unknown mla_impl"),
-    (dict(gated_attention=True), "MLA supports neither"),
+    (dict(gated_attention=True), "MLA supports no gated_attention"),
+    (dict(attention_impl="pallas", mla_impl="naive"), "needs attention='softmax' and mla_impl"),
+    (dict(attention_impl="pallas", attention="sink_logit"), "got attention='sink_logit'"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
