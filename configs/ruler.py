@@ -14,13 +14,14 @@ about a minute), gpu (every registry policy x budgets 5/10/20/50% x every task x
 registry policy next to the uniform streaming_llm and snapkv at budgets 10/20% and dense x
 every task x contexts 1024/2048 x 5 depths x 12 trials, 312 prompts = 3 batches of 104 per
 cell: accuracy vs the bytes each head keeps; one H100, about 5 minutes, most of it compiling
-the 34 programs), reuse (questions after compression: the context is prefilled and
-compressed before its question arrives, as when one compressed context serves several
-questions; query-aware SnapKV/AdaKV against query-agnostic ExpectedAttention (as published and
-with its scores pooled over the translated kernel of 29 bytes) and the uniform baselines at 20% of 1024 bytes, passkey and multi-key, 5 depths x 8 trials; CPU, ~10 minutes on
-2 cores). Args after the variant: model=<name under models/ or a checkpoint dir>,
-trials=<per cell>, split=<bool: questions after compression; the CSV does not record it, so
-give each setting its own workdir>.
+the 34 programs), reuse (questions after
+compression: the context is prefilled and compressed before its question arrives, as when one
+compressed context serves several questions; query-aware SnapKV/AdaKV against query-agnostic
+ExpectedAttention, as published and with its scores pooled over the translated kernel of 29
+bytes, and the uniform baselines at 20% of 1024 bytes, passkey and multi-key, 5 depths x 8
+trials; CPU, ~5 minutes on 2 cores). Args after the variant: model=<name under models/ or a
+checkpoint dir>, trials=<per cell>, split=<bool: questions after compression; the CSV does not
+record it, so give each setting its own workdir>.
 
 Head scores (duo, headkv, razor): ``gates`` is a directory of ``experiments.head_gates``
 output for the model (e.g. ``--config.gates=runs/gates`` with ``duo_gates.json`` from its

@@ -1,6 +1,6 @@
 """Why needle answers fail: ``experiments/ruler_errors.py``.
 
-    python -m experiments.ruler_errors --config=configs/ruler_errors.py:smoke --workdir=runs/re_smoke
+    python -m experiments.ruler_errors --config=configs/ruler_errors.py:smoke --workdir=runs/re0
     python -m experiments.ruler_errors --config=configs/ruler_errors.py --workdir=runs/ruler_errors
 
 Variants: smoke (untrained 2-layer ``random`` model, context 600, seconds on CPU), default

@@ -21,7 +21,8 @@ time=<seconds budget>, seed=<int>, registers=<register depth D: MuToR-style regi
 lcache/model/registers.py>, every=<one register after every k-th token>, mtp=<DeepSeek-style MTP
 depth>, aux=<lambda of the register / MTP loss>, init=<a saved model to fine-tune from
 (lcache.train.warm_start)>, lr=<peak learning rate>, answer=<loss weight of the task rows'
-answer tokens>, kv=<KV heads>, ffn=<SwiGLU width> (shape overrides). Anything else: --config.path.to.key=value.
+answer tokens>, kv=<KV heads>, ffn=<SwiGLU width> (shape overrides). Anything else:
+--config.path.to.key=value.
 """
 
 import ml_collections
