@@ -15,6 +15,8 @@ to ``workdir/bench_decode.csv``.
 
 import ml_collections
 
+from configs.common import check_variant
+
 MODELS = {
     "smoke": dict(vocab_size=259, dim=128, num_layers=2, num_heads=4, num_kv_heads=2,
                   ffn_dim=160, compute_dtype="bfloat16"),
@@ -24,8 +26,7 @@ MODELS = {
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-    if arg not in MODELS:
-        raise ValueError(f"unknown bench_decode variant {arg!r}; expected one of {sorted(MODELS)}")
+    check_variant("bench_decode", arg, MODELS)
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(MODELS[arg])

@@ -22,7 +22,7 @@ max pooling).
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 
 SNAP = "window=8,kernel=7,pool=max"
 POLICIES = {
@@ -47,8 +47,7 @@ RUN = {
 def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="smoke", budget=0, steps=0, prompt=0, batch=0)
     v = a["variant"]
-    if v not in MODELS:
-        raise ValueError(f"unknown bench_policies variant {v!r}; expected one of {sorted(MODELS)}")
+    check_variant("bench_policies", v, MODELS)
     run = {k: a.get(k) or default for k, default in RUN[v].items()}
     c = ml_collections.ConfigDict()
     # 'auto': the Pallas kernels on GPU/TPU (the decode kernel's slot probabilities feed the

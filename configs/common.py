@@ -5,6 +5,13 @@ from __future__ import annotations
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
+def check_variant(experiment: str, variant: str, variants) -> None:
+    """Raise ValueError unless ``variant`` is one of ``variants`` (a mapping or a set)."""
+    if variant not in variants:
+        raise ValueError(f"unknown {experiment} variant {variant!r}; expected one of "
+                         f"{sorted(variants)}")
+
+
 def parse_arg(arg: str, **defaults):
     """``"small,wd=0.5,attn=sigmoid"`` -> ``{"variant": "small", "wd": 0.5, "attn": "sigmoid"}``.
 

@@ -17,7 +17,7 @@ scores every stride-th byte>. Policies are registry specs (``lcache.cache.regist
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 
 VARIANTS = {
     "default": dict(stream_tokens=6144, cache_sizes=(128, 32), sinks=(1, 4), recompute_stride=16,
@@ -35,8 +35,7 @@ RETRIEVAL = {  # one row: each spec at budget_frac of the context (dense: the fu
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="default", tokens=0, cache=0, stride=0)
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown demo variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("demo", v, VARIANTS)
     c = ml_collections.ConfigDict(VARIANTS[v])
     c.models = (("softmax", "models/softmax"), ("sinktoken", "models/sinktoken"))  # name, dir
     c.stream_tokens = a["tokens"] or c.stream_tokens

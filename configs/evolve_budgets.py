@@ -16,7 +16,7 @@ budget=<average tokens per layer>.
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 from configs.stream_ppl import model_dir
 
 TASKS = {  # texts: held-out windows (prompt = first `prefix` tokens); passkeys at context_len
@@ -38,8 +38,7 @@ SEARCH = {
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="default", model="", budget=0)
     v = a["variant"]
-    if v not in TASKS:
-        raise ValueError(f"unknown evolve_budgets variant {v!r}; expected one of {sorted(TASKS)}")
+    check_variant("evolve_budgets", v, TASKS)
     c = ml_collections.ConfigDict(SEARCH[v])
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.task = ml_collections.ConfigDict(TASKS[v])

@@ -15,7 +15,7 @@ checkpoint dir>, trials=<keys per cell>.
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 from configs.stream_ppl import model_dir
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -40,8 +40,7 @@ VARIANTS = {
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="default", model="", trials=0)
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown passkey variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("passkey", v, VARIANTS)
     c = ml_collections.ConfigDict({"policies": ALL_POLICIES, **VARIANTS[v]})
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.trials = a["trials"] or c.trials

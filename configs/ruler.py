@@ -38,7 +38,7 @@ kernel 29 bytes; ``snapkv(kernel=7)`` (untranslated) is kept as one row to show 
 import ml_collections
 
 from configs import head_gates
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 from configs.stream_ppl import model_dir
 from lcache.data.ruler import TASKS
 
@@ -80,8 +80,7 @@ SPLIT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 def get_config(arg: str = "gpu") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="gpu", model="", trials=0, split="")
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown ruler variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("ruler", v, VARIANTS)
     if a["split"] and a["split"].lower() not in SPLIT:
         raise ValueError(f"config arg split={a['split']!r} is not a bool; use one of "
                          f"{sorted(SPLIT)}")

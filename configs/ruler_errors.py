@@ -11,7 +11,7 @@ model=<name under models/ or a checkpoint dir>, trials=<per depth>.
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 from configs.ruler import SNAP
 from configs.stream_ppl import model_dir
 
@@ -28,8 +28,7 @@ VARIANTS = {
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="default", model="", trials=0)
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown ruler_errors variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("ruler_errors", v, VARIANTS)
     c = ml_collections.ConfigDict(VARIANTS[v])
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.trials = a["trials"] or c.trials

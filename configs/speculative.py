@@ -19,7 +19,7 @@ temperature=<0 = greedy>, new=<new tokens per row>, repeats=<timed runs, median 
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 
 VARIANTS = {
     "smoke": dict(models="random=random-registers", draft_lens=(1, 2), batches=(1, 2),
@@ -36,8 +36,7 @@ VARIANTS = {
 def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="smoke", models="", temperature=0.0, new=0, repeats=0)
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown speculative variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("speculative", v, VARIANTS)
     c = ml_collections.ConfigDict(VARIANTS[v])
     c.models = a["models"] or c.models
     c.max_new_tokens = a["new"] or c.max_new_tokens

@@ -15,7 +15,7 @@ cache=<cache size, sinks included>.
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 
 VARIANTS = {
     # stream tokens, cache size, dense targets, recompute stride, decode steps per compiled call
@@ -37,8 +37,7 @@ def model_dir(name: str) -> str:
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="default", model="softmax", tokens=0, cache=0)
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown stream_ppl variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("stream_ppl", v, VARIANTS)
     c = ml_collections.ConfigDict(VARIANTS[v])
     c.model_dir = model_dir(a["model"])
     c.stream_tokens = a["tokens"] or c.stream_tokens

@@ -12,7 +12,7 @@ passkeys, budgets 32..256). Args after the variant: model=<name under models/ or
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 from configs.stream_ppl import model_dir
 
 SNAP = "window=8,kernel=7,pool=max"  # the SnapKV family as KVCache-Factory runs it
@@ -33,8 +33,7 @@ VARIANTS = {
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     a = parse_arg(arg, variant="default", model="")
     v = a["variant"]
-    if v not in VARIANTS:
-        raise ValueError(f"unknown sweep variant {v!r}; expected one of {sorted(VARIANTS)}")
+    check_variant("sweep", v, VARIANTS)
     c = ml_collections.ConfigDict(VARIANTS[v])
     c.model_dir = model_dir(a["model"] or ("random" if v == "smoke" else "softmax"))
     c.offset = 0  # first held-out token of the texts

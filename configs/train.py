@@ -27,7 +27,7 @@ answer tokens>, kv=<KV heads>, ffn=<SwiGLU width> (shape overrides). Anything el
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_variant, parse_arg
 from lcache.data.ruler import TASKS
 
 MODELS = {
@@ -59,8 +59,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
                   tasks=0, mla=False, seed=0, time=0.0, registers=0, every=1, mtp=0, aux=0.3,
                   init="", lr=0.0, answer=1.0, kv=0, ffn=0)
     v = a["variant"]
-    if v not in MODELS:
-        raise ValueError(f"unknown train variant {v!r}; expected one of {sorted(MODELS)}")
+    check_variant("train", v, MODELS)
     c = ml_collections.ConfigDict()
     c.task = "backcopy" if v == "backcopy" else "corpus"
     c.model = ml_collections.ConfigDict(dict(
