@@ -29,8 +29,8 @@ import time
 import numpy as np
 from absl import logging
 
-from experiments import head_gates
 from experiments.common import cli, experiment
+from lcache.analysis.head_gates import write_head_gates
 from lcache.cache import registry
 from lcache.data import ruler
 from lcache.data.heldout import heldout_tokens
@@ -76,7 +76,7 @@ def gate_files(c, cells, workdir: str) -> dict[str, str]:
                          f"{sorted(c.gate_files)})")
     folder = c.gates or os.path.join(workdir, "gates")
     if not c.gates:
-        head_gates.run(c.head_gates, folder)
+        write_head_gates(c.head_gates, folder)
     return {n: os.path.join(folder, c.gate_files[n]) for n in names}
 
 
